@@ -1,0 +1,71 @@
+"""Run at interpreter start-up by ``yolo_plugins.pth``: activate the plugin when Ultralytics is imported.
+
+Only the standard library is imported here; nothing heavy runs until ``import ultralytics`` has finished, and then
+``plugins.activate()`` is called. ``YOLO_PLUGINS_AUTOLOAD=0`` turns it off. Because every Python process runs it,
+this also reaches ``yolo`` CLI runs and the worker processes Ultralytics starts for multi-GPU training.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.abc import Loader, MetaPathFinder
+
+TARGET = "ultralytics"
+OFF = {"0", "false", "no", "off"}
+
+
+def enabled() -> bool:
+    """Whether autoloading is on (``YOLO_PLUGINS_AUTOLOAD`` unset or not 0/false/no/off)."""
+    return os.environ.get("YOLO_PLUGINS_AUTOLOAD", "1").strip().lower() not in OFF
+
+
+def _activate() -> None:
+    import plugins
+
+    plugins.activate()
+
+
+class _ActivatingLoader(Loader):
+    """Runs the real loader of ``ultralytics``, then activates the plugin."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        _activate()
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ... of the real loader
+        return getattr(self.loader, name)
+
+
+class UltralyticsImportHook(MetaPathFinder):
+    """Finds nothing itself; wraps the loader of the top-level ``ultralytics`` package once."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TARGET:
+            return None
+        sys.meta_path.remove(self)  # one shot, and never recursive
+        for finder in sys.meta_path:
+            spec = getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ActivatingLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Activate now if Ultralytics is already imported, else when it is."""
+    if TARGET in sys.modules:
+        _activate()
+    elif not any(isinstance(f, UltralyticsImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, UltralyticsImportHook())
+
+
+if enabled():
+    install()

@@ -1,0 +1,3 @@
+"""Built-in blocks. Importing this package registers them; each file holds one block family."""
+
+from . import pick  # noqa: F401
