@@ -1,0 +1,20 @@
+"""Shared test set-up: the plugin is active (as the start-up hook makes it in every process) and runs are offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import plugins  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _active():
+    """Every test runs with the plugin active."""
+    plugins.activate()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
