@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from .errors import LayerError
 
@@ -28,7 +28,7 @@ class Layer:
     index: int  # layer number in the YAML
     module: type  # the registered class
     name: str  # the name registered for it
-    f: Union[int, list]  # 'from'
+    f: int | list  # 'from'
     n: int  # repeats, already multiplied by the depth gain
     args: list  # YAML args, strings already evaluated by the parser
     ch: list  # channels of every earlier layer (the parser's list)
@@ -134,7 +134,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-def resolve_rule(rule: Union[str, Rule]) -> Rule:
+def resolve_rule(rule: str | Rule) -> Rule:
     """Turn a rule name or callable into a rule callable."""
     if callable(rule):
         return rule

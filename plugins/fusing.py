@@ -6,7 +6,8 @@ A block registered with ``fuse=True`` implements ``fuse()`` (fold in place, idem
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from collections.abc import Iterator
+from typing import Callable
 
 import torch
 

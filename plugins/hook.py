@@ -9,8 +9,9 @@ How it works, in one screen:
   ``c2, args, n = _yolo_plugins_layer(locals())``, which hands registered classes to their channel rule and returns
   every other layer's values unchanged. Nothing of upstream's body lives in this project; if the host's code no longer
   has the shape the hook expects, activation refuses with the installed version and the supported range.
-* Errors: a thin wrapper checks every YAML module name first, so an unknown one fails with its layer index and the
-  closest known names instead of a bare ``KeyError``.
+* Errors and per-scale args: a thin wrapper checks every YAML module name first, so an unknown one fails with its
+  layer index and the closest known names instead of a bare ``KeyError``; and it resolves arguments written as
+  ``{n: a, s: b}`` to the value for the model's scale (stock YAMLs have none and pass through as the same object).
 * Fusing, scale letters: ``BaseModel.fuse``/``is_fused`` also fold registered fusable blocks, and ``yaml_model_load``
   resolves ``name-s.yaml`` to ``name.yaml`` at scale ``s`` when only the latter exists.
 
@@ -203,11 +204,39 @@ def _check_names(d: dict, namespace: dict) -> None:
             raise UnknownModuleError(i, name, registry.closest(name, sorted(set(known) | set(registry.entries()))))
 
 
+def _per_scale_args(d: dict) -> dict:
+    """Resolve per-scale arguments: an arg written as ``{n: m0, s: m1}`` takes the value for the model's scale.
+
+    The scale is the one parse_model will use (``d["scale"]``, else the first of ``scales``). Stock YAMLs have no
+    mapping arguments, so they pass through untouched (same dict object).
+    """
+    rows = [(part, k, row) for part in ("backbone", "head") for k, row in enumerate(d.get(part) or [])]
+    if not any(isinstance(a, dict) for _, _, row in rows if len(row) > 3 for a in row[3]):
+        return d
+    scales = d.get("scales") or {}
+    scale = d.get("scale") or next(iter(scales), None)
+    d = {**d, "backbone": list(d.get("backbone") or []), "head": list(d.get("head") or [])}
+    offset = len(d["backbone"])
+    for part, k, row in rows:
+        if not any(isinstance(a, dict) for a in row[3]):
+            continue
+        args = []
+        for a in row[3]:
+            if isinstance(a, dict):
+                if scale not in a:
+                    i = k + (offset if part == "head" else 0)
+                    raise LayerError(i, str(row[2]), f"per-scale argument {a} has no value for scale {scale!r}")
+                a = a[scale]
+            args.append(a)
+        d[part][k] = [*row[:3], args]
+    return d
+
+
 def _wrap_parse_model(patched: Callable, original: Callable, namespace: dict) -> Callable:
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
         _check_names(d, namespace)
-        return patched(d, ch, verbose)
+        return patched(_per_scale_args(d), ch, verbose)
 
     return parse_model
 
@@ -244,7 +273,9 @@ def activate() -> None:
         if not _version_supported(version):
             import warnings
 
-            warnings.warn(f"ultralytics {version} is outside the tested range {SUPPORTED}; the parser hook applies")
+            warnings.warn(
+                f"ultralytics {version} is outside the tested range {SUPPORTED}; the parser hook applies", stacklevel=2
+            )
         patched, handled = _compile_patched(tasks)
         for entry in registry.entries().values():
             if entry.source == "ultralytics" and entry.cls.__name__ in handled:

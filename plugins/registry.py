@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable
 
 from .channels import Rule, resolve_rule
 from .errors import RegistrationError
@@ -36,9 +36,9 @@ _listeners: list[Callable[[Entry], None]] = []
 
 
 def register(
-    name: Optional[Union[str, type]] = None,
+    name: str | type | None = None,
     *,
-    rule: Union[str, Rule] = "conv",
+    rule: str | Rule = "conv",
     fuse: bool = False,
     force: bool = False,
 ) -> Callable[[type], type]:
@@ -60,12 +60,12 @@ def register(
     return decorator
 
 
-def teach(cls: type, rule: Union[str, Rule], name: Optional[str] = None) -> None:
+def teach(cls: type, rule: str | Rule, name: str | None = None) -> None:
     """Give a class the host Ultralytics already defines a channel rule it lacks (the class itself is used as is)."""
     _add(name or cls.__name__, cls, rule, False, False, source="ultralytics")
 
 
-def _add(name: str, cls: type, rule: Union[str, Rule], fuse: bool, force: bool, source: str) -> None:
+def _add(name: str, cls: type, rule: str | Rule, fuse: bool, force: bool, source: str) -> None:
     import torch
 
     if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
@@ -100,7 +100,7 @@ def entries() -> dict[str, Entry]:
     return dict(_ENTRIES)
 
 
-def entry_for(cls: type) -> Optional[Entry]:
+def entry_for(cls: type) -> Entry | None:
     """The entry whose class is ``cls`` (identity), if any."""
     for e in _ENTRIES.values():
         if e.cls is cls:

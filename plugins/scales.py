@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 _LETTER = re.compile(r"^(?P<base>.+)-(?P<scale>[a-z])$")
 
@@ -23,7 +23,7 @@ def plugin_cfg_dirs() -> list[Path]:
     return [project_root() / "cfg" / "models"]
 
 
-def _find(path: Path) -> Optional[Path]:
+def _find(path: Path) -> Path | None:
     if path.is_file():
         return path
     if path.parent == Path("."):
@@ -33,7 +33,7 @@ def _find(path: Path) -> Optional[Path]:
     return None
 
 
-def _resolve(path: Path) -> tuple[Optional[Path], Optional[str]]:
+def _resolve(path: Path) -> tuple[Path | None, str | None]:
     """A YAML the host could not find: a bare plugin name, or ``<base>-<letter>`` with an existing base."""
     found = _find(path)
     if found is not None or path.suffix not in (".yaml", ".yml"):
