@@ -47,7 +47,7 @@ def registered() -> list[dict[str, str]]:
             "name": e.name,
             "class": e.path,
             "source": e.source,
-            "rule": getattr(e.rule, "__name__", repr(e.rule)),
+            "rule": e.rule_name,
             "fuse": e.fuse,
         }
         for e in sorted(entries().values(), key=lambda e: e.name)

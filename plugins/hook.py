@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .channels import FeatureChannels, Layer
+from .channels import Layer
 from .errors import HostVersionError, LayerError, UnknownModuleError
 
 SUPPORTED = ">=8.4,<8.5"
@@ -153,39 +153,19 @@ def _layer(frame: dict) -> tuple[Any, list, int]:
         if layer.c2 is None:
             raise LayerError(layer.index, entry.name, f"channel rule {entry.rule!r} did not set the output channels")
         return layer.c2, layer.args, layer.n
-    check = _CHECKS.get(m) if isinstance(m, type) else None
-    if check is not None:
-        check(frame)
+    if entry is not None and entry.check is not None:
+        entry.check(frame)
     return c2, args, n
 
 
-_CHECKS: dict[type, Callable[[dict], None]] = {}
-
-
 def check(cls: type) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
-    """Register a build-time check for a class the host's chain handles itself (e.g. PSA), run before it is built."""
+    """Decorator form of ``registry.teach(cls, check=fn)``: validate a host-built layer before it is constructed."""
 
     def decorator(fn: Callable[[dict], None]) -> Callable[[dict], None]:
-        _CHECKS[cls] = fn
+        registry.teach(cls, check=fn)
         return fn
 
     return decorator
-
-
-def _check_index(frame: dict) -> None:
-    """The host's ``Index`` takes typed channels: after a multi-output layer they must be the real ones."""
-    c1 = frame["ch"][frame["f"]] if isinstance(frame["f"], int) else None
-    if isinstance(c1, FeatureChannels):
-        idx = frame["args"][0] if frame["args"] else 0
-        if not -len(c1) <= idx < len(c1):
-            raise LayerError(frame["i"], "Index", f"index {idx} out of range: layer {frame['f']} has {len(c1)} outputs")
-        if frame["c2"] != c1[idx]:
-            raise LayerError(
-                frame["i"],
-                "Index",
-                f"typed {frame['c2']} channels but output {idx} of layer {frame['f']} has {c1[idx]} "
-                f"(its outputs have {list(c1)}); fix the number, or use [{frame['f']}, 1, Pick, [{idx}]] to infer it",
-            )
 
 
 def _module_names(d: dict) -> list[tuple[int, str]]:
@@ -263,7 +243,6 @@ def activate() -> None:
         from ultralytics import nn as unn
         from ultralytics.engine import model as emodel
         from ultralytics.nn import tasks
-        from ultralytics.nn.modules import Index
 
         from . import blocks  # noqa: F401  (registers the built-in blocks)
         from .fusing import wrap_fuse, wrap_is_fused
@@ -278,7 +257,7 @@ def activate() -> None:
             )
         patched, handled = _compile_patched(tasks)
         for entry in registry.entries().values():
-            if entry.source == "ultralytics" and entry.cls.__name__ in handled:
+            if entry.source == "ultralytics" and entry.rule is not None and entry.cls.__name__ in handled:
                 raise _refuse(f"the host now builds {entry.name} itself; the plugin's rule for it would conflict")
         originals = {
             (tasks, "parse_model"): tasks.parse_model,
@@ -295,7 +274,6 @@ def activate() -> None:
                 _add_name(tasks, added, entry)
             tasks.__dict__[DISPATCH] = _layer
             added.add(DISPATCH)
-            _CHECKS.setdefault(Index, _check_index)
             wrapped = _wrap_parse_model(patched, tasks.parse_model, tasks.__dict__)
             load = wrap_yaml_model_load(tasks.yaml_model_load)
             for (owner, attr), value in {

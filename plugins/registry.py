@@ -16,14 +16,17 @@ class Entry:
 
     name: str
     cls: type
-    rule: Rule
-    source: str  # "yolo-plugins" for blocks the plugin defines, "ultralytics" for host classes it teaches rules to
+    rule: Rule | None  # channel rule for classes that reach the parser's fall-through; None: the host's chain decides
+    source: str  # "yolo-plugins" for blocks the plugin defines, "ultralytics" for host classes it adds to
     fuse: bool  # the engine's model.fuse() calls cls.fuse() on every instance (plugin blocks only)
+    check: Callable[[dict], None] | None = None  # build-time validation of a layer the host's chain built the args of
 
-    def describe(self) -> str:
-        """One line for listings."""
-        rule = getattr(self.rule, "__name__", repr(self.rule))
-        return f"{self.name:<16} {self.source:<13} rule={rule:<13} fuse={'yes' if self.fuse else 'no ':<3} {self.path}"
+    @property
+    def rule_name(self) -> str:
+        """Name of the channel rule, or 'check' / 'host' for host classes whose channels the host decides."""
+        if self.rule is not None:
+            return getattr(self.rule, "__name__", repr(self.rule))
+        return "check" if self.check is not None else "host"
 
     @property
     def path(self) -> str:
@@ -60,12 +63,30 @@ def register(
     return decorator
 
 
-def teach(cls: type, rule: str | Rule, name: str | None = None) -> None:
-    """Give a class the host Ultralytics already defines a channel rule it lacks (the class itself is used as is)."""
-    _add(name or cls.__name__, cls, rule, False, False, source="ultralytics")
+def teach(
+    cls: type, rule: str | Rule | None = None, name: str | None = None, check: Callable[[dict], None] | None = None
+) -> None:
+    """Add to a class the host Ultralytics already defines (used as is, never shadowed).
+
+    Args:
+        cls: the host class.
+        rule: a channel rule, for classes the host parser passes through verbatim (e.g. ``RepVGGDW``).
+        name: YAML name; defaults to the class name.
+        check: ``check(frame)`` run before the layer is built, for classes whose channels the host's chain already
+            decides (e.g. ``PSA``); ``frame`` is the parser's locals (``i``, ``f``, ``args``, ``c2``, ``ch``, ...).
+    """
+    _add(name or cls.__name__, cls, rule, False, False, source="ultralytics", check=check)
 
 
-def _add(name: str, cls: type, rule: str | Rule, fuse: bool, force: bool, source: str) -> None:
+def _add(
+    name: str,
+    cls: type,
+    rule: str | Rule | None,
+    fuse: bool,
+    force: bool,
+    source: str,
+    check: Callable[[dict], None] | None = None,
+) -> None:
     import torch
 
     if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
@@ -81,10 +102,12 @@ def _add(name: str, cls: type, rule: str | Rule, fuse: bool, force: bool, source
     if fuse and not callable(getattr(cls, "fuse", None)):
         raise RegistrationError(f"cannot register {name!r} with fuse=True: {cls.__qualname__} has no fuse() method")
     try:
-        resolved = resolve_rule(rule)
+        resolved = None if rule is None else resolve_rule(rule)
     except KeyError as e:
         raise RegistrationError(f"cannot register {name!r}: {e.args[0]}") from None
-    entry = Entry(name, cls, resolved, source, fuse)
+    if old is not None and old.cls is cls and not force:  # teaching a host class twice adds to it
+        resolved, check = resolved or old.rule, check or old.check
+    entry = Entry(name, cls, resolved, source, fuse, check)
     _ENTRIES[name] = entry
     for listener in _listeners:
         listener(entry)
