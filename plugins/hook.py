@@ -4,11 +4,13 @@ How it works, in one screen:
 
 * Names: registered blocks are added to ``ultralytics.nn.tasks``' globals, which is where ``parse_model`` resolves
   YAML module names. Names the host already defines are never touched.
-* Channels: ``parse_model`` decides channels in one ``if/elif`` chain. At activation the hook compiles the host's own
-  ``parse_model`` with exactly one statement added right after that chain,
-  ``c2, args, n = _yolo_plugins_layer(locals())``, which hands registered classes to their channel rule and returns
-  every other layer's values unchanged. Nothing of upstream's body lives in this project; if the host's code no longer
-  has the shape the hook expects, activation refuses with the installed version and the supported range.
+* Channels: ``parse_model`` decides channels in one ``if/elif`` chain ending in ``else: c2 = ch[f]``. At activation
+  the hook compiles the host's own ``parse_model`` with that fall-through deferred (``else: c2 = FALL_THROUGH``) and
+  one statement added right after the chain, ``c2, args, n = _yolo_plugins_layer(locals())``. It hands registered
+  classes that fell through to their channel rule, runs registered checks on host-built layers, computes ``ch[f]``
+  for every other fall-through (so a list ``from`` fails exactly as before) and returns everything else unchanged.
+  Nothing of upstream's body lives in this project; if the host's code no longer has the shape the hook expects,
+  activation refuses with the installed version and the supported range.
 * Errors and per-scale args: a thin wrapper checks every YAML module name first, so an unknown one fails with its
   layer index and the closest known names instead of a bare ``KeyError``; and it resolves arguments written as
   ``{n: a, s: b}`` to the value for the model's scale (stock YAMLs have none and pass through as the same object).
@@ -65,7 +67,7 @@ def _version_supported(version: str) -> bool:
 
 
 def _channel_chain(fn: ast.FunctionDef) -> tuple[ast.For, int, ast.If]:
-    """Find the layer loop and the ``if m in base_modules: ... else: c2 = ch[f]`` chain inside it."""
+    """Find the layer loop, the position of the ``if m in base_modules: ...`` chain in it and its last ``elif``."""
     loops = [n for n in ast.walk(fn) if isinstance(n, ast.For) and ast.unparse(n.target) == "(i, (f, n, m, args))"]
     if len(loops) != 1:
         raise _refuse("parse_model has no single 'for i, (f, n, m, args)' layer loop")
@@ -80,7 +82,7 @@ def _channel_chain(fn: ast.FunctionDef) -> tuple[ast.For, int, ast.If]:
             after = loop.body[k + 1] if k + 1 < len(loop.body) else None
             if after is None or "m(*args)" not in ast.unparse(after):
                 raise _refuse("parse_model no longer builds the layer as m(*args) right after the channel chain")
-            return loop, k, stmt
+            return loop, k, tail
     raise _refuse("parse_model has no 'if m in base_modules' channel chain")
 
 
@@ -115,8 +117,11 @@ def _compile_patched(tasks) -> tuple[Callable, set[str]]:
     fn = tree.body[0]
     if not isinstance(fn, ast.FunctionDef) or fn.name != "parse_model":
         raise _refuse("ultralytics.nn.tasks.parse_model is not a plain function")
-    loop, k, chain = _channel_chain(fn)
+    loop, k, tail = _channel_chain(fn)
+    chain = loop.body[k]
     handled = _chain_names(chain, fn)
+    fall = ast.parse(f"c2 = {DISPATCH}.FALL_THROUGH").body[0]
+    tail.orelse = [ast.copy_location(fall, tail.orelse[0])]
     call = ast.parse(f"c2, args, n = {DISPATCH}(locals())").body[0]
     ast.copy_location(call, chain)
     loop.body.insert(k + 1, call)
@@ -135,27 +140,32 @@ def _layer(frame: dict) -> tuple[Any, list, int]:
     """Called by the patched parse_model for every layer, after the host's channel chain."""
     m, c2, args, n = frame["m"], frame["c2"], frame["args"], frame["n"]
     entry = registry.entry_for(m) if isinstance(m, type) else None
-    if entry is not None and entry.rule is not None:
-        layer = Layer(
-            index=frame["i"],
-            module=m,
-            name=entry.name,
-            f=frame["f"],
-            n=n,
-            args=list(args),
-            ch=frame["ch"],
-            width=frame["width"],
-            max_channels=frame["max_channels"],
-            scale=frame.get("scale"),
-            yaml=frame["d"],
-        )
-        entry.rule(layer)
-        if layer.c2 is None:
-            raise LayerError(layer.index, entry.name, f"channel rule {entry.rule!r} did not set the output channels")
-        return layer.c2, layer.args, layer.n
-    if entry is not None and entry.check is not None:
-        entry.check(frame)
-    return c2, args, n
+    if c2 is not _layer.FALL_THROUGH:  # the host's chain built this layer's channels
+        if entry is not None and entry.check is not None:
+            entry.check(frame)
+        return c2, args, n
+    if entry is None or entry.rule is None:
+        return frame["ch"][frame["f"]], args, n  # the host's own fall-through, unchanged
+    layer = Layer(
+        index=frame["i"],
+        module=m,
+        name=entry.name,
+        f=frame["f"],
+        n=n,
+        args=list(args),
+        ch=frame["ch"],
+        width=frame["width"],
+        max_channels=frame["max_channels"],
+        scale=frame.get("scale"),
+        yaml=frame["d"],
+    )
+    entry.rule(layer)
+    if layer.c2 is None:
+        raise LayerError(layer.index, entry.name, f"channel rule {entry.rule!r} did not set the output channels")
+    return layer.c2, layer.args, layer.n
+
+
+_layer.FALL_THROUGH = object()  # what the deferred fall-through leaves in c2
 
 
 def check(cls: type) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:

@@ -108,9 +108,9 @@ def _add(
     if old is not None and old.cls is cls and not force:  # teaching a host class twice adds to it
         resolved, check = resolved or old.rule, check or old.check
     entry = Entry(name, cls, resolved, source, fuse, check)
-    _ENTRIES[name] = entry
-    for listener in _listeners:
+    for listener in _listeners:  # the active parser hook may refuse (e.g. a host name); then nothing is stored
         listener(entry)
+    _ENTRIES[name] = entry
 
 
 def unregister(name: str) -> None:
@@ -132,8 +132,8 @@ def entry_for(cls: type) -> Entry | None:
 
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Registered or host names closest to ``name`` (case-insensitive first)."""
+    """Registered or host names closest to ``name``: the one that differs only in case, else fuzzy matches."""
     lower = {c.lower(): c for c in candidates}
-    exact = [lower[name.lower()]] if name.lower() in lower else []
-    fuzzy = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
-    return list(dict.fromkeys(exact + fuzzy))[:n]
+    if name.lower() in lower:  # only the case differs: that is the answer
+        return [lower[name.lower()]]
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)

@@ -1,0 +1,286 @@
+"""The parser hook: channel rules in real YAMLs, stock models unchanged, clean deactivation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import ultralytics
+import yaml
+from torch import nn
+from ultralytics.nn import tasks
+
+import plugins
+from plugins import hook, registry
+
+STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
+STOCK_YAMLS = sorted(p for d in ("rt-detr", "v10", "v8", "11") for p in (STOCK / d).glob("*.yaml"))
+
+
+# Test-only blocks, one per built-in rule plus a custom callable rule.
+class ConvLike(nn.Module):
+    def __init__(self, c1, c2, k=3, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class RepeatArg(nn.Module):
+    def __init__(self, c1, c2, n=1):
+        super().__init__()
+        self.n = n
+        self.m = nn.Sequential(nn.Conv2d(c1, c2, 1), *(nn.Conv2d(c2, c2, 3, 1, 1) for _ in range(n)))
+
+    def forward(self, x):
+        return self.m(x)
+
+
+class Keep(nn.Module):
+    def __init__(self, c, gain=1.0):
+        super().__init__()
+        self.bn, self.gain = nn.BatchNorm2d(c), gain
+
+    def forward(self, x):
+        return self.bn(x) * self.gain
+
+
+class TwoScales(nn.Module):
+    """A multi-output backbone: stride-2 and stride-4 maps with 8*w and 16*w channels."""
+
+    def __init__(self, w=1, in_chans=3):
+        super().__init__()
+        self.a = nn.Conv2d(in_chans, 8 * w, 3, 2, 1)
+        self.b = nn.Conv2d(8 * w, 16 * w, 3, 2, 1)
+        self.channels, self.strides = [8 * w, 16 * w], [2, 4]
+
+    @classmethod
+    def feature_info_for(cls, w=1, in_chans=3):
+        return [8 * w, 16 * w], [2, 4]
+
+    def forward(self, x):
+        a = self.a(x)
+        return [a, self.b(a)]
+
+
+def sum_rule(layer: plugins.Layer) -> None:
+    """Custom rule: add the channels of all inputs."""
+    layer.c2 = sum(layer.c1)
+    layer.args = [layer.c1, *layer.args]
+
+
+class SumProj(nn.Module):
+    def __init__(self, chs, c2=None):
+        super().__init__()
+        self.chs = chs
+
+    def forward(self, xs):
+        return torch.cat(xs, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_blocks():
+    plugins.register("ConvLike", rule="conv")(ConvLike)
+    plugins.register("RepeatArg", rule="conv_repeat")(RepeatArg)
+    plugins.register("Keep", rule="same")(Keep)
+    plugins.register("TwoScales", rule="multi_output")(TwoScales)
+    plugins.register("SumProj", rule=sum_rule)(SumProj)
+    yield
+    for name in ("ConvLike", "RepeatArg", "Keep", "TwoScales", "SumProj"):
+        registry.unregister(name)
+        tasks.__dict__.pop(name, None)
+        hook._state["added"].discard(name)
+
+
+def build(cfg: dict | str, cls=tasks.DetectionModel):
+    torch.manual_seed(0)
+    return cls(cfg, verbose=False)
+
+
+TINY = """
+nc: 2
+scales:
+  n: [0.5, 0.25, 32]
+  s: [1.0, 1.0, 1024]
+scale: {scale}
+backbone:
+  - [-1, 1, TwoScales, [2]]        # 0: list of 2 maps, 16 and 32 channels at strides 2/4
+  - [0, 1, Pick, [0]]              # 1: stride 2, 16 ch
+  - [0, 1, Pick, [1]]              # 2: stride 4, 32 ch
+  - [1, 1, ConvLike, [64, 3, 2]]   # 3: conv rule, width-scaled and capped
+  - [-1, 3, RepeatArg, [64]]       # 4: repeats as a constructor argument
+  - [-1, 4, Keep, []]              # 5: channel preserving, repeats as nn.Sequential
+  - [[2, 5], 1, SumProj, []]       # 6: custom rule, channels = 32 + c(5)
+  - [-1, 1, Conv, [64, 3, 2]]      # 7: stock layer after plugin layers: stride 8
+head:
+  - [[7], 1, Detect, [nc]]
+"""
+
+
+@pytest.mark.parametrize("scale, c3", [("s", 64), ("n", 8)])
+def test_channel_rules_in_a_yaml(scale, c3):
+    """Every built-in rule plus a custom one, checked against the channels the modules were built with."""
+    model = build(yaml.safe_load(TINY.format(scale=scale)))
+    layers = model.model
+    assert layers[0].channels == [16, 32]
+    assert layers[3].conv.in_channels == 16 and layers[3].conv.out_channels == c3  # n: min(64, 32)*0.25 -> 8
+    depth_n = 3 if scale == "s" else 2  # depth 0.5 -> round(1.5) = 2
+    assert isinstance(layers[4], RepeatArg) and layers[4].n == depth_n
+    assert isinstance(layers[5], nn.Sequential) and len(layers[5]) == 2 * depth_n - 2  # 4 (s) or round(2) (n)
+    assert all(k.bn.num_features == c3 for k in layers[5])
+    assert layers[6].chs == [32, c3]
+    assert layers[7].conv.in_channels == 32 + c3
+    out = model.eval()(torch.zeros(1, 3, 64, 64))
+    assert out[0].shape[1] == 4 + 2  # boxes + nc
+
+
+def test_pick_and_index_errors_name_the_layer():
+    cfg = yaml.safe_load(TINY.format(scale="s"))
+    cfg["backbone"][1] = [0, 1, "Pick", [2]]
+    with pytest.raises(plugins.LayerError, match=r"layer 1: Pick: index 2 out of range: layer 0 has 2 outputs"):
+        build(cfg)
+    cfg["backbone"][1] = [0, 1, "Index", [15, 0]]  # the host's Index with a wrong typed channel count
+    with pytest.raises(plugins.LayerError, match=r"layer 1: Index: typed 15 channels but output 0 .* has 16"):
+        build(cfg)
+    cfg["backbone"][1] = [0, 1, "Index", [16, 0]]  # the right count builds, like Pick
+    assert build(cfg).model[3].conv.in_channels == 16
+    cfg["backbone"][3] = [0, 1, "ConvLike", [64, 3, 2]]  # a single-input block fed the list
+    with pytest.raises(plugins.LayerError, match=r"layer 3: ConvLike: takes one input .*multi-output layer, use Pick"):
+        build(cfg)
+
+
+def test_unknown_module_names_layer_and_suggestions():
+    cfg = yaml.safe_load(TINY.format(scale="s"))
+    cfg["backbone"][3] = [1, 1, "Convlike", [64]]
+    with pytest.raises(plugins.UnknownModuleError) as e:
+        build(cfg)
+    assert str(e.value) == "layer 3: unknown module 'Convlike' — did you mean 'ConvLike'?"
+    assert isinstance(e.value, KeyError)  # still what callers of the stock parser catch
+
+
+def test_per_scale_args_missing_scale_is_a_layer_error():
+    cfg = yaml.safe_load(TINY.format(scale="n"))
+    cfg["backbone"][3] = [1, 1, "ConvLike", [{"s": 64}, 3, 2]]
+    with pytest.raises(plugins.LayerError, match=r"layer 3: ConvLike: per-scale argument .* no value for scale 'n'"):
+        build(cfg)
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _flat(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _flat(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _flat(v)]
+    return []
+
+
+def _stock_cfg(path: Path) -> dict:
+    cfg = tasks.yaml_model_load(path)
+    for row in cfg["backbone"] + cfg["head"]:  # TorchVision layers would download ImageNet weights: build random
+        if row[2] == "TorchVision":
+            row[3] = [None if a == "DEFAULT" else a for a in row[3]]
+    return cfg
+
+
+def _stock_model(cfg: dict) -> nn.Module:
+    head = cfg["head"][-1][2]
+    name = Path(cfg["yaml_file"]).stem
+    if head == "RTDETRDecoder":
+        cls = tasks.RTDETRDetectionModel
+    elif name.startswith("yoloe"):
+        cls = tasks.YOLOESegModel if "seg" in name else tasks.YOLOEModel
+    elif "world" in name:
+        cls = tasks.WorldModel
+    else:
+        cls = {
+            "detect": tasks.DetectionModel,
+            "segment": tasks.SegmentationModel,
+            "pose": tasks.PoseModel,
+            "obb": tasks.OBBModel,
+            "classify": tasks.ClassificationModel,
+        }[tasks.guess_model_task(cfg)]
+    return build(cfg, cls).eval()
+
+
+@pytest.mark.parametrize("path", STOCK_YAMLS, ids=[p.name for p in STOCK_YAMLS])
+def test_stock_models_stay_stock(path):
+    """Same state-dict keys, shapes and (same seed, eval) outputs with and without the plugin."""
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    plugins.deactivate()
+    try:
+        stock = _stock_model(_stock_cfg(path))
+        with torch.no_grad():
+            y_stock = _flat(stock(x))
+    finally:
+        plugins.activate()
+    model = _stock_model(_stock_cfg(path))
+    with torch.no_grad():
+        y = _flat(model(x))
+    assert _state(model) == _state(stock)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stock.state_dict().values()))
+    assert len(y) == len(y_stock) > 0
+    assert all(torch.equal(a, b) for a, b in zip(y, y_stock))
+
+
+def test_activate_is_idempotent_and_deactivate_restores_originals():
+    from ultralytics import nn as unn
+    from ultralytics.engine import model as emodel
+
+    plugins.activate()
+    patched = tasks.parse_model
+    plugins.activate()
+    assert tasks.parse_model is patched
+    originals = hook._state["originals"]
+    plugins.deactivate()
+    try:
+        for (owner, attr), value in originals.items():
+            assert getattr(owner, attr) is value if not isinstance(owner, type) else owner.__dict__[attr] is value
+        assert unn.parse_model is tasks.parse_model is originals[(tasks, "parse_model")]
+        assert emodel.yaml_model_load is originals[(emodel, "yaml_model_load")]
+        assert hook.DISPATCH not in tasks.__dict__ and "Pick" not in tasks.__dict__
+        with pytest.raises(KeyError):  # stock behaviour: a bare KeyError for a plugin name
+            build(yaml.safe_load(TINY.format(scale="s")))
+        plugins.deactivate()  # a second call is harmless
+    finally:
+        plugins.activate()
+    assert tasks.__dict__["Pick"] is plugins.Pick
+
+
+def test_unsupported_host_is_refused_with_version_and_range(monkeypatch):
+    """A parse_model without the expected channel chain: activation refuses and leaves nothing patched."""
+    plugins.deactivate()
+    try:
+        before = dict(tasks.__dict__)
+
+        def parse_model(d, ch, verbose=True):  # a host whose parser has another shape
+            return nn.Sequential(), []
+
+        monkeypatch.setattr(tasks, "parse_model", parse_model)
+        with pytest.raises(plugins.HostVersionError) as e:
+            plugins.activate()
+        msg = str(e.value)
+        assert f"ultralytics {ultralytics.__version__}" in msg and "supported: ultralytics>=8.4,<8.5" in msg
+        assert "YOLO_PLUGINS_AUTOLOAD=0" in msg
+        assert not plugins.is_active() and tasks.parse_model is parse_model
+        assert set(tasks.__dict__) == set(before)
+    finally:
+        monkeypatch.undo()
+        plugins.activate()
+
+
+def test_dispatch_leaves_stock_layers_alone():
+    """The dispatch returns what the host's chain computed, and the host's own fall-through for unknown classes."""
+    frame = {"m": nn.Identity, "c2": 7, "args": [1, 2], "n": 3}
+    c2, args, n = hook._layer(frame)
+    assert (c2, n) == (7, 3) and args is frame["args"]
+    fall = {"m": nn.Identity, "c2": hook._layer.FALL_THROUGH, "args": [1], "n": 1, "ch": [3, 16], "f": -1}
+    assert hook._layer(fall)[0] == 16
+    with pytest.raises(TypeError, match="list indices"):  # a list 'from' fails as in the stock parser
+        hook._layer({**fall, "f": [0, 1]})
