@@ -1,0 +1,1 @@
+"""Data sets the project generates itself (no downloads): ``shapes`` is the embedded detection set."""
