@@ -32,6 +32,7 @@ _LAZY = {
     "UnknownModuleError": ("errors", "UnknownModuleError"),
     "HostVersionError": ("errors", "HostVersionError"),
     "Pick": ("blocks.pick", "Pick"),
+    "EfficientViT": ("blocks.efficientvit", "EfficientViT"),
 }
 
 __all__ = [*_LAZY, "registered"]

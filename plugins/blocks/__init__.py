@@ -1,3 +1,4 @@
 """Built-in blocks. Importing this package registers them; each file holds one block family."""
 
 from . import pick  # noqa: F401
+from .efficientvit import EfficientViT  # noqa: F401
