@@ -244,6 +244,29 @@ def _add_name(tasks, added: set[str], entry: registry.Entry) -> None:
     added.add(entry.name)
 
 
+def import_user_blocks() -> list[str]:
+    """Import the modules that register a user's own blocks, so they reach the plain ``yolo`` command too.
+
+    Sources: the comma-separated module names in ``YOLO_PLUGINS_IMPORT``, and the ``yolo_plugins`` entry-point group
+    of installed packages (``[project.entry-points.yolo_plugins] myblocks = "mypkg.blocks"``).
+    """
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    names = [n.strip() for n in os.environ.get("YOLO_PLUGINS_IMPORT", "").split(",") if n.strip()]
+    names += [ep.value for ep in entry_points(group="yolo_plugins")]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(
+                f"yolo-plugins could not import block module {name!r} (from YOLO_PLUGINS_IMPORT or a 'yolo_plugins' "
+                f"entry point): {e}. Check the name and that its folder is on PYTHONPATH."
+            ) from e
+    return names
+
+
 def activate() -> None:
     """Install the hook into the imported Ultralytics (idempotent)."""
     global _state
@@ -255,6 +278,8 @@ def activate() -> None:
         from ultralytics.nn import tasks
 
         from . import blocks  # noqa: F401  (registers the built-in blocks)
+
+        import_user_blocks()
         from .fusing import wrap_fuse, wrap_is_fused
         from .scales import wrap_yaml_model_load
 

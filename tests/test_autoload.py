@@ -1,0 +1,79 @@
+"""The start-up hook, tested as a user runs things: fresh interpreters, the ``yolo`` command, the off switch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testonly_blocks
+
+TESTS = Path(__file__).parent
+
+
+def run(args: list[str], cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_PLUGINS_")}
+    env = {**base, "PYTHONPATH": str(TESTS), "YOLO_OFFLINE": "1", **env}
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def py(code: str, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-c", code], **env)
+
+
+def test_startup_hook_is_installed_and_imports_nothing_heavy():
+    r = py("import sys; print(sorted(m for m in ('torch', 'ultralytics', 'timm', 'plugins') if m in sys.modules))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['plugins']"  # only the tiny start-up module's package, no torch
+
+
+def test_importing_ultralytics_activates_the_plugin():
+    r = py("import ultralytics, plugins; from ultralytics.nn import tasks; print(plugins.is_active(), tasks.Pick)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "True" and "plugins.blocks.pick.Pick" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_autoload_off_keeps_ultralytics_stock(value):
+    code = (
+        "import ultralytics, plugins, sys; from ultralytics.nn import tasks\n"
+        "print(plugins.is_active(), 'Pick' in vars(tasks), 'torch' in sys.modules)\n"
+    )
+    r = py(code, YOLO_PLUGINS_AUTOLOAD=value)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False", "True"]
+
+
+def test_python_api_builds_a_plugin_yaml_without_explicit_import(tmp_path):
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text(testonly_blocks.TINY_YAML)
+    code = f"from ultralytics import YOLO\nm = YOLO({str(cfg)!r})\nprint(type(m.model.model[2]).__name__)"
+    r = py(code, YOLO_PLUGINS_IMPORT="testonly_blocks")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "TestOnlyGate"
+    off = py(code, YOLO_PLUGINS_IMPORT="testonly_blocks", YOLO_PLUGINS_AUTOLOAD="0")
+    assert off.returncode != 0 and "KeyError: 'TestOnlyGate'" in off.stderr  # the stock parser's bare error
+
+
+def test_yolo_cli_predicts_with_a_plugin_yaml(tiny_data, tmp_path):
+    yolo = shutil.which("yolo")
+    assert yolo, "the ultralytics 'yolo' command is not on PATH"
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text(testonly_blocks.TINY_YAML)
+    img = next((Path(tiny_data).parent / "images" / "val").glob("*.jpg"))
+    args = [yolo, "predict", f"model={cfg}", f"source={img}", "imgsz=64", "save=True", f"project={tmp_path}", "name=p"]
+    r = run(args, cwd=tmp_path, YOLO_PLUGINS_IMPORT="testonly_blocks")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert list((tmp_path / "p").glob("*.jpg")), "no annotated image saved"
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(testonly_blocks.TINY_YAML.replace("TestOnlyGate", "TestonlyGate"))
+    r = run(
+        [yolo, "predict", f"model={bad}", f"source={img}", "imgsz=64"],
+        cwd=tmp_path,
+        YOLO_PLUGINS_IMPORT="testonly_blocks",
+    )
+    assert r.returncode != 0
+    assert "layer 2: unknown module 'TestonlyGate' — did you mean 'TestOnlyGate'?" in r.stdout + r.stderr
