@@ -108,16 +108,17 @@ def unwrap(obj: object, source: str = "checkpoint") -> tuple[StateDict, str]:
         if isinstance(obj, nn.Module):
             obj, where = obj.state_dict(), where + ".state_dict()"
             break
-        if isinstance(obj, dict) and not _is_state_dict(obj):
-            key = next((k for k in CONTAINER_KEYS if obj.get(k) is not None), None)
-            if key is None:
+        if not isinstance(obj, dict):
+            break
+        key = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), (dict, nn.Module))), None)
+        if key is None:
+            if not _is_state_dict(obj):
                 raise WeightsError(
                     f"{source}: no state dict found; top-level keys: {_first(list(obj))} "
                     f"(expected tensors or one of the containers {', '.join(CONTAINER_KEYS)})"
                 )
-            obj, where = obj[key], where + f"[{key!r}]"
-            continue
-        break
+            break
+        obj, where = obj[key], where + f"[{key!r}]"
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         found = f"{type(obj).__name__} at {where or 'the top level'}"
         raise WeightsError(f"{source}: expected a state dict of tensors, found {found}")
