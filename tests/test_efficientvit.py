@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -199,6 +200,9 @@ def test_timm_features_only_layout_and_detection_stem(tmp_path):
     assert {k: v.shape for k, v in det.state_dict().items()} == {k: v.shape for k, v in block.state_dict().items()}
     assert all(torch.equal(a, b) for a, b in zip(det.state_dict().values(), block.state_dict().values()))
     assert [tuple(o.shape) for o in det(x)] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 192, 2, 2)]
+    assert det.load_report.loaded == 686
+    blob = pickle.dumps(det)  # what a checkpoint stores: no load report, no Path objects
+    assert b"LoadReport" not in blob and b"PosixPath" not in blob and pickle.loads(blob).load_report is None
 
 
 def test_wrong_variant_fails_listing_keys_and_loads_nothing(tmp_path):
@@ -387,6 +391,10 @@ def test_pickles_and_loads_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         y = model(x)[0]
     torch.save({"model": model, "x": x, "y": y}, tmp_path / "ckpt.pt")
+    block = EfficientViT("m0", pretrained=tmp_path / "ckpt.pt").eval()  # a detection checkpoint's backbone (model.0.)
+    assert "below 'model.0.'" in block.load_report.container
+    with torch.no_grad():
+        assert_same(block(x), model.model[0](x), tol=0)
     code = textwrap.dedent(
         f"""
         import torch

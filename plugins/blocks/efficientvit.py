@@ -184,5 +184,9 @@ class EfficientViT(nn.Module):
         self.fused = True
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickle without the load report: checkpoints keep tensors and plain attributes only (no Path objects)."""
+        return {**super().__getstate__(), "load_report": None}
+
     def extra_repr(self) -> str:
         return f"variant={self.variant}, stem_stride={self.stem_stride}, fused={self.fused}"
