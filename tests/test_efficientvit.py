@@ -355,6 +355,19 @@ def test_yaml_builds_with_channels_scales_and_keeps_pretrained_bn(tmp_path, monk
     assert_same(model.model[0].eval()(x), timm_features("m0", tmp_path / "m0.pth")(x))
 
 
+@torch.no_grad()
+def test_engine_fuse_folds_the_backbone():
+    """Ultralytics' model.fuse() (run before val/predict/export) folds the backbone too."""
+    model = randomize(tiny_model(), seed=4).eval()
+    x = torch.randn(1, 3, 64, 96)
+    before = model(x)[0]
+    assert not model.is_fused()
+    model.fuse()
+    assert model.model[0].fused and model.is_fused()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.model[0].modules())
+    assert rel_err(model(x)[0], before) < 1e-4
+
+
 def test_yaml_index_with_wrong_channels_fails_clearly():
     text = TINY.replace("[0, 1, Pick, [1]]", "[0, 1, Index, [100, 1]]")
     with pytest.raises(LayerError, match=r"layer 2: Index: typed 100 channels but output 1 of layer 0 has 128"):
