@@ -1,0 +1,158 @@
+"""Roles of an RT-DETR model's layers, derived from its structure (not from layer numbers).
+
+A model built from a YAML is a list of layers, each with its absolute inputs. The backbone is the YAML's ``backbone:``
+section; the encoder is every ``head:`` layer before the ``RTDETRDecoder``; the decoder is the ``RTDETRDecoder``.
+Encoder layers get their role from the data flow:
+
+* ``AIFI``: a transformer encoder layer (``AIFI`` or any ``TransformerEncoderLayer``);
+* ``downsample convs``: a layer holding a strided convolution or pooling;
+* ``input projections``: a layer that reads only backbone outputs;
+* ``lateral convs``: a layer whose output an ``nn.Upsample`` reads;
+* ``FPN blocks``: the fusion block after a ``Concat`` fed by an ``nn.Upsample`` (top-down path), with that upsample;
+* ``PAN blocks``: the fusion block after a ``Concat`` fed by a downsample conv (bottom-up path);
+* a ``Concat`` takes the role of the layer that reads it; a layer reading one fusion block continues its role.
+
+Decoder children are grouped by what they do: input projections, decoder layers (with the query position MLP run
+by every layer), query selection heads (``enc_*``), score/box heads (``dec_*``), denoising/query embeddings (training
+only). Models without an ``RTDETRDecoder`` are grouped as backbone and head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+ENCODER_ROLES = (
+    "input projections",
+    "AIFI",
+    "lateral convs",
+    "FPN blocks",
+    "downsample convs",
+    "PAN blocks",
+    "other",
+)
+DECODER_ROLES = {
+    "input_proj": "input projections",
+    "decoder": "decoder layers",
+    "query_pos_head": "decoder layers",
+    "enc_output": "query selection heads",
+    "enc_score_head": "query selection heads",
+    "enc_bbox_head": "query selection heads",
+    "dec_score_head": "score/box heads",
+    "dec_bbox_head": "score/box heads",
+    "denoising_class_embed": "embeddings (training only)",
+    "tgt_embed": "embeddings (training only)",
+}
+DECODER_ORDER = (
+    "input projections",
+    "decoder layers",
+    "query selection heads",
+    "score/box heads",
+    "embeddings (training only)",
+    "other",
+)
+FUSION_ROLES = ("FPN blocks", "PAN blocks")
+
+
+@dataclass
+class Layers:
+    """The structure of a YAML-built model: per-layer absolute inputs, backbone size, decoder index and roles."""
+
+    inputs: list[list[int]]  # absolute indices each layer reads (-1 resolved)
+    n_backbone: int
+    decoder: int | None  # index of the RTDETRDecoder, None when the model has none
+    roles: dict[int, str]  # encoder layer index -> role (RT-DETR only)
+
+    @property
+    def is_rtdetr(self) -> bool:
+        """Whether the model ends in an RT-DETR decoder."""
+        return self.decoder is not None
+
+    def section(self, i: int) -> str:
+        """``backbone``, ``encoder``/``decoder`` (RT-DETR) or ``head``."""
+        if i < self.n_backbone:
+            return "backbone"
+        if not self.is_rtdetr:
+            return "head"
+        return "decoder" if i == self.decoder else "encoder"
+
+    def consumers(self, i: int) -> list[int]:
+        """Layers that read layer ``i``."""
+        return [j for j, f in enumerate(self.inputs) if i in f]
+
+
+def absolute_inputs(i: int, f: int | list[int]) -> list[int]:
+    """A YAML ``from`` as absolute layer indices."""
+    return [x if x >= 0 else i + x for x in (f if isinstance(f, (list, tuple)) else [f])]
+
+
+def _is_decoder(m: nn.Module) -> bool:
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    return isinstance(m, RTDETRDecoder)
+
+
+def _is_transformer(m: nn.Module) -> bool:
+    from ultralytics.nn.modules.transformer import TransformerEncoderLayer
+
+    return isinstance(m, TransformerEncoderLayer) or "AIFI" in type(m).__name__
+
+
+def _is_strided(m: nn.Module) -> bool:
+    for sub in m.modules():
+        stride = getattr(sub, "stride", None)
+        if isinstance(sub, (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+            s = stride if isinstance(stride, (tuple, list)) else (stride,)
+            if any(x is not None and x > 1 for x in s):
+                return True
+    return False
+
+
+def analyse(model: nn.Module) -> Layers:
+    """Derive backbone/encoder/decoder sections and encoder roles of a YAML-built Ultralytics model."""
+    from ultralytics.nn.modules.conv import Concat
+
+    layers = list(model.model)
+    inputs = [absolute_inputs(i, m.f) for i, m in enumerate(layers)]
+    yaml = getattr(model, "yaml", None) or {}
+    nb = len(yaml.get("backbone", [])) or next((i for i, f in enumerate(inputs) if len(f) > 1), len(layers))
+    decoder = next((i for i, m in enumerate(layers) if _is_decoder(m)), None)
+    info = Layers(inputs=inputs, n_backbone=nb, decoder=decoder, roles={})
+    if decoder is None:
+        return info
+
+    roles = info.roles
+    upsample = {i for i, m in enumerate(layers) if isinstance(m, nn.Upsample)}
+    concat = {i for i, m in enumerate(layers) if isinstance(m, Concat)}
+    down: set[int] = set()
+    for i in range(nb, decoder):
+        m, f = layers[i], inputs[i]
+        if i in upsample or i in concat:
+            continue
+        if _is_transformer(m):
+            roles[i] = "AIFI"
+        elif _is_strided(m):
+            roles[i] = "downsample convs"
+            down.add(i)
+        elif all(x < nb for x in f):
+            roles[i] = "input projections"
+        elif any(j in upsample for j in info.consumers(i)):
+            roles[i] = "lateral convs"
+        elif len(f) == 1 and f[0] in concat:
+            fed = inputs[f[0]]
+            roles[i] = "FPN blocks" if set(fed) & upsample else "PAN blocks" if set(fed) & down else "other"
+        elif len(f) == 1 and roles.get(f[0]) in FUSION_ROLES:
+            roles[i] = roles[f[0]]
+        else:
+            roles[i] = "other"
+    for i in sorted(upsample | concat):
+        if nb <= i < decoder:
+            readers = [j for j in info.consumers(i) if j in roles]
+            roles[i] = "FPN blocks" if i in upsample else roles[readers[0]] if readers else "other"
+    return info
+
+
+def decoder_role(child: str) -> str:
+    """Role of a direct child of the RT-DETR decoder, by its attribute name."""
+    return DECODER_ROLES.get(child, "other")

@@ -1,0 +1,145 @@
+"""Run the redundancy study: count, time and (optionally) validate every variant of an RT-DETR model."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import table
+from .counting import Counts, count
+from .roles import analyse
+from .variants import Variant, variants
+
+
+@dataclass
+class Result:
+    """One variant's measurements (GFLOPs as Ultralytics counts, extra = work thop misses)."""
+
+    variant: str
+    knob: str | None
+    value: int | None
+    params: int
+    gflops: float
+    gflops_extra: float
+    latency_ms: float | None
+    needs_retraining: bool
+    components: dict[str, float] = field(default_factory=dict)  # section -> GFLOPs (thop + extra)
+    metrics: dict[str, float] = field(default_factory=dict)  # mAP50-95, mAP50 when validated
+    counts: Counts | None = None
+    rows: table.Row | None = None
+
+    @property
+    def gflops_total(self) -> float:
+        """thop GFLOPs plus the extra work."""
+        return self.gflops + self.gflops_extra
+
+    def record(self, baseline: Result | None = None) -> dict:
+        """The result as a flat dict, with relative change against ``baseline`` (percent)."""
+        out = {
+            "variant": self.variant,
+            "params": self.params,
+            "gflops": round(self.gflops, 4),
+            "gflops_extra": round(self.gflops_extra, 4),
+            "gflops_total": round(self.gflops_total, 4),
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+            "needs_retraining": self.needs_retraining,
+        }
+        if baseline is not None:
+            for key, a, b in (
+                ("params", self.params, baseline.params),
+                ("gflops", self.gflops_total, baseline.gflops_total),
+                ("latency", self.latency_ms, baseline.latency_ms),
+            ):
+                out[f"d_{key}_pct"] = None if a is None or not b else round(100 * (a - b) / b, 1)
+        out.update({k: round(v, 4) for k, v in self.metrics.items()})
+        out.update({f"gflops_{k}": round(v, 4) for k, v in self.components.items()})
+        return out
+
+
+def latency_ms(model: nn.Module, imgsz: int, runs: int = 5, warmup: int = 2) -> float:
+    """Median CPU latency (ms) of ``runs`` timed batch-1 forward passes after ``warmup`` untimed ones.
+
+    The model is timed as deployed: a fused copy (Conv+BN, RepConv and plugin blocks folded) in eval mode.
+    """
+    m = copy.deepcopy(model).float().eval()
+    if hasattr(m, "fuse"):
+        m = m.fuse(verbose=False)
+    im = torch.zeros(1, 3, imgsz, imgsz)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + max(runs, 1)):
+            t = time.perf_counter()
+            m(im)
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def validate(model: nn.Module, data: str, imgsz: int, batch: int = 1) -> dict[str, float]:
+    """mAP of ``model`` on ``data`` with Ultralytics' standard validator (RT-DETR's for RT-DETR models)."""
+    from ultralytics.models.rtdetr.val import RTDETRValidator
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    cls = RTDETRValidator if analyse(model).is_rtdetr else DetectionValidator
+    v = cls(args=dict(data=data, imgsz=imgsz, batch=batch, plots=False, verbose=False, device="cpu", half=False))
+    stats = v(model=copy.deepcopy(model))
+    return {
+        "map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)),
+        "map50": float(stats.get("metrics/mAP50(B)", 0.0)),
+    }
+
+
+def measure(
+    model: nn.Module,
+    imgsz: int,
+    name: str = "baseline",
+    variant: Variant | None = None,
+    runs: int = 5,
+    warmup: int = 2,
+    data: str | None = None,
+) -> Result:
+    """Count (and time when ``runs`` > 0; validate when ``data`` is given) one model."""
+    c = count(model, imgsz)
+    root = table.build(model, c)
+    return Result(
+        variant=name,
+        knob=variant.knob if variant else None,
+        value=variant.value if variant else None,
+        params=c.total_params,
+        gflops=c.gflops,
+        gflops_extra=c.extra_gflops,
+        latency_ms=latency_ms(model, imgsz, runs, warmup) if runs > 0 else None,
+        needs_retraining=variant.needs_retraining if variant else False,
+        components=table.sections(root),
+        metrics=validate(model, data, imgsz) if data else {},
+        counts=c,
+        rows=root,
+    )
+
+
+def run(
+    model: nn.Module,
+    spec: str | list,
+    imgsz: int = 640,
+    runs: int = 5,
+    warmup: int = 2,
+    data: str | None = None,
+    progress: bool = True,
+) -> list[Result]:
+    """Measure the baseline and every variant of ``spec`` (mAP only for no-retraining variants, given ``data``)."""
+    from ultralytics.utils import TQDM
+
+    todo = variants(model, spec)
+    results = []
+    bar = TQDM(todo, desc="profile sweep", disable=not progress, unit="variant", file=sys.stderr)
+    for v in bar:
+        bar.set_description(f"profile sweep: {v.name}")
+        m = v.make()
+        results.append(measure(m, imgsz, v.name, v, runs, warmup, data if data and not v.needs_retraining else None))
+    return results

@@ -1,0 +1,226 @@
+"""The profile tool: counts agree with Ultralytics, roles come from structure, variants equal hand-built models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.nn.tasks import RTDETRDetectionModel, yaml_model_load
+from ultralytics.utils.torch_utils import get_flops
+
+from plugins.profile import count, table, variants
+from plugins.profile.__main__ import main as profile_main
+from plugins.profile.counting import msdeform_attn_macs
+from plugins.profile.roles import analyse
+
+ROOT = Path(__file__).resolve().parents[1]
+R50 = "rtdetr-resnet50.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One thread: two threads on a busy 2-core machine are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def r50() -> RTDETRDetectionModel:
+    torch.manual_seed(0)
+    return RTDETRDetectionModel(R50, verbose=False).eval()
+
+
+def _gflops(model, imgsz):
+    return count(model, imgsz).gflops
+
+
+def test_r50_totals_match_model_and_ultralytics_at_640(r50):
+    c = count(r50, 640)
+    root = table.build(r50, c)
+    assert root.params == c.total_params == sum(p.numel() for p in r50.parameters())
+    assert c.gflops == pytest.approx(get_flops(r50, 640), rel=1e-9)
+    assert root.gflops == pytest.approx(c.gflops, rel=1e-12)
+    # sections and the roles under them add up to the whole
+    assert [s.label for s in root.children] == ["backbone", "encoder", "decoder"]
+    assert sum(s.params for s in root.children) == root.params
+    assert sum(s.thop_macs for s in root.children) == pytest.approx(root.thop_macs, rel=1e-12)
+    for s in root.children:
+        assert sum(g.thop_macs for g in s.children) == pytest.approx(s.thop_macs, rel=1e-12)
+    # the largest single item is the stride-8 FPN block (a RepC3), as the design notes say
+    layers = [r for r in root.walk(3) if r.depth == 3]
+    assert max(layers, key=lambda r: r.thop_macs).label == "model.16 (RepC3)"
+
+
+def test_extra_rule_counts_deformable_attention_only(r50):
+    c = count(r50, 160)
+    head = r50.model[-1]
+    attn = head.decoder.layers[0].cross_attn
+    query = torch.zeros(1, head.num_queries, head.hidden_dim)
+    per_layer = msdeform_attn_macs(attn, query, [(20, 20), (10, 10), (5, 5)])
+    q, h, pts, d = 300, 8, 3 * 4, 256 // 8
+    assert per_layer >= 5 * q * h * pts * d  # 4 MACs bilinear sampling + 1 weighting per sampled value
+    assert sum(c.extra.values()) == pytest.approx(len(head.decoder.layers) * per_layer)
+    assert all(".cross_attn" in k for k, v in c.extra.items() if v)  # MHA: thop counts it, no extra there
+    assert c.extra_gflops > 0
+
+
+def test_roles_from_structure():
+    for cfg, nb in (("rtdetr-l.yaml", 10), (R50, 5)):
+        m = RTDETRDetectionModel(cfg, verbose=False)
+        info = analyse(m)
+        assert info.n_backbone == nb and info.decoder == len(m.model) - 1
+        by_role = {}
+        for i, r in info.roles.items():
+            by_role.setdefault(r, []).append(type(m.model[i]).__name__)
+        assert by_role["AIFI"] == ["AIFI"]
+        assert by_role["input projections"] == ["Conv"] * 3
+        assert by_role["lateral convs"] == ["Conv"] * 2
+        assert by_role["downsample convs"] == ["Conv"] * 2
+        assert sorted(by_role["FPN blocks"]) == sorted(["Upsample", "Concat", "RepC3"] * 2)
+        assert sorted(by_role["PAN blocks"]) == sorted(["Concat", "RepC3"] * 2)
+        assert "other" not in by_role
+
+
+def _by_name(model, spec):
+    return {v.name: v for v in variants(model, spec)}
+
+
+def test_ccff_depth_and_drop_s3_equal_hand_built(r50):
+    vs = _by_name(r50, "ccff_depth,drop_s3")
+    assert list(vs) == ["baseline", "ccff_depth=2", "ccff_depth=1", "drop_s3"]
+
+    d = yaml_model_load(R50)
+    d["head"] = [[f, 1 if m == "RepC3" else n, m, a] for f, n, m, a in d["head"]]  # fusion blocks repeat once
+    hand = RTDETRDetectionModel(d, verbose=False).eval()
+    tool = vs["ccff_depth=1"].make()
+    assert sum(p.numel() for p in tool.parameters()) == sum(p.numel() for p in hand.parameters())
+    assert _gflops(tool, 160) == pytest.approx(_gflops(hand, 160), rel=1e-12)
+    assert _gflops(tool, 160) < _gflops(r50, 160)
+
+    d = yaml_model_load(R50)
+    d["head"] = [  # P4/P5 only, written by hand
+        [-1, 1, "Conv", [256, 1, 1, None, 1, 1, False]],  # 5 input_proj.1 (S5)
+        [-1, 1, "AIFI", [1024, 8]],  # 6
+        [-1, 1, "Conv", [256, 1, 1]],  # 7 Y5, lateral
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]],  # 8
+        [3, 1, "Conv", [256, 1, 1, None, 1, 1, False]],  # 9 input_proj.0 (S4)
+        [[-2, -1], 1, "Concat", [1]],  # 10
+        [-1, 3, "RepC3", [256]],  # 11 X4, fpn block
+        [-1, 1, "Conv", [256, 3, 2]],  # 12 downsample
+        [[-1, 7], 1, "Concat", [1]],  # 13 cat Y5
+        [-1, 3, "RepC3", [256]],  # 14 F5, pan block
+        [[11, 14], 1, "RTDETRDecoder", ["nc"]],  # 15
+    ]
+    hand = RTDETRDetectionModel(d, verbose=False).eval()
+    tool = vs["drop_s3"].make()
+    assert [type(m).__name__ for m in tool.model] == [type(m).__name__ for m in hand.model]
+    assert [m.f for m in tool.model[5:]] == [m.f for m in hand.model[5:]]
+    assert sum(p.numel() for p in tool.parameters()) == sum(p.numel() for p in hand.parameters())
+    assert tool.model[-1].nl == 2
+    assert _gflops(tool, 160) == pytest.approx(_gflops(hand, 160), rel=1e-12)
+
+
+def test_decoder_layers_and_queries_equal_hand_built_and_keep_weights(r50):
+    vs = _by_name(r50, "decoder_layers:2,queries:100")
+    two = vs["decoder_layers=2"].make()
+    d = yaml_model_load(R50)
+    d["head"][-1][3] = ["nc", 256, 300, 4, 8, 2]  # RTDETRDecoder(nc, hd, nq, ndp, nh, ndl=2)
+    hand = RTDETRDetectionModel(d, verbose=False).eval()
+    assert sum(p.numel() for p in two.parameters()) == sum(p.numel() for p in hand.parameters())
+    assert _gflops(two, 160) == pytest.approx(_gflops(hand, 160), rel=1e-12)
+
+    # no retraining: the first two trained layers answer exactly as the full model stopped after layer 2 does
+    early = copy.deepcopy(r50)
+    early.model[-1].decoder.eval_idx = 1
+    im = torch.rand(1, 3, 160, 160)
+    with torch.inference_mode():
+        assert torch.equal(two(im)[0], early(im)[0])
+        q100 = vs["queries=100"].make()
+        assert q100(im)[0].shape[1] == 100 and r50(im)[0].shape[1] == 300
+    d = yaml_model_load(R50)
+    d["head"][-1][3] = ["nc", 256, 100]
+    hand = RTDETRDetectionModel(d, verbose=False).eval()
+    assert _gflops(q100, 160) == pytest.approx(_gflops(hand, 160), rel=1e-12)
+    assert not vs["queries=100"].needs_retraining and vs["decoder_layers=2"].knob == "decoder_layers"
+
+
+def test_hidden_dim_rebuilds_encoder_width(r50):
+    tool = _by_name(r50, "hidden_dim:128")["hidden_dim=128"].make()
+    info = analyse(tool)
+    for i, role in info.roles.items():
+        if role in ("input projections", "lateral convs", "downsample convs"):
+            assert tool.model[i].conv.out_channels == 128, (i, role)
+    assert tool.model[-1].hidden_dim == 256  # the decoder keeps its width
+    assert tool.model[-1].input_proj[0][0].in_channels == 128
+
+
+def test_bad_knobs_fail_clearly():
+    with pytest.raises(ValueError, match="unknown knob 'bogus'"):
+        variants(RTDETRDetectionModel("rtdetr-l.yaml", verbose=False), "bogus")
+    from ultralytics.nn.tasks import DetectionModel
+
+    with pytest.raises(ValueError, match="no RTDETRDecoder"):
+        variants(DetectionModel("yolov8n.yaml", verbose=False), "queries")
+    d = yaml_model_load(R50)
+    d["head"][-1][0] = [16, 19]  # two levels only
+    two_levels = RTDETRDetectionModel(d, verbose=False)
+    with pytest.raises(ValueError, match="drop_s3: layer 23: RTDETRDecoder reads 2 levels"):
+        variants(two_levels, "drop_s3")
+
+
+def test_json_output_and_files(tmp_path, capsys):
+    save = tmp_path / "run"
+    argv = ["model=rtdetr-resnet50.yaml", "imgsz=160", "depth=2", "sweep=queries:100", "runs=1", "warmup=0"]
+    assert profile_main([*argv, "format=json", f"save_dir={save}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [v["variant"] for v in out["variants"]] == ["baseline", "queries=100"]
+    for v in out["variants"]:
+        assert {"variant", "params", "gflops", "gflops_extra", "latency_ms", "d_gflops_pct"} <= set(v)
+        assert v["latency_ms"] > 0
+    base, q = out["variants"]
+    assert q["params"] == base["params"] and q["gflops"] < base["gflops"]
+    assert q["d_gflops_pct"] == pytest.approx(100 * (q["gflops_total"] / base["gflops_total"] - 1), abs=0.06)
+    mods = out["modules"]
+    assert mods[0]["module"] == "model" and mods[0]["params"] == base["params"]
+    assert {"module", "params", "gflops"} <= set(mods[0])
+    assert {m["module"] for m in mods if m["depth"] == 1} == {"backbone", "encoder", "decoder"}
+    names = {
+        "profile.md",
+        "modules.csv",
+        "sweep.csv",
+        "profile.json",
+        "gflops_by_component.png",
+        "latency_vs_gflops.png",
+    }
+    assert names <= {p.name for p in save.iterdir()}
+    assert (save / "gflops_by_component.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| queries=100 |" in (save / "profile.md").read_text()
+    assert (save / "sweep.csv").read_text().splitlines()[0].startswith("variant,params,gflops")
+
+
+def _cli(cmd: list[str]) -> dict:
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = ["model=rtdetr-l.yaml", "imgsz=160", "depth=1", "format=json", "save=False", "threads=1"]
+    p = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def test_cli_module_and_console_script():
+    a = _cli([sys.executable, "-m", "plugins.profile"])
+    assert a["variants"][0]["variant"] == "baseline" and a["variants"][0]["params"] == 32970476
+    exe = shutil.which("yolo-plugins")
+    assert exe, "console script yolo-plugins is not installed (pip install -e .)"
+    b = _cli([exe, "profile"])
+    assert b["modules"] == a["modules"]
+    p = subprocess.run([exe, "profile", "model=rtdetr-l.yaml", "sweep=bogus"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and "unknown knob 'bogus'" in p.stderr
