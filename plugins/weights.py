@@ -11,6 +11,7 @@ Checkpoint keys the module has no place for (a classifier head) are skipped and 
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,11 @@ def resolve_weights(path: PathLike) -> Path:
     Absolute paths (and ``~``) are used as given; relative ones are tried in the working directory, then in the
     project's ``weights/`` folder. A missing file raises ``FileNotFoundError`` naming the path and the folders searched.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(
+            f"weights must be the path of a local file, got {path!r}; nothing is ever downloaded "
+            "(see weights/README.md for where to put the file)"
+        )
     p = Path(path).expanduser()
     candidates = [p] if p.is_absolute() else [d / p for d in weights_dirs()]
     for c in candidates:

@@ -84,6 +84,11 @@ def test_missing_file_names_path_and_folders_without_network(project, no_network
         resolve_weights(cwd / "absent.safetensors")
 
 
+def test_pretrained_true_is_not_a_download_request(project, no_network):
+    with pytest.raises(TypeError, match="path of a local file, got True; nothing is ever downloaded"):
+        load_pretrained(Net(), True)
+
+
 @pytest.mark.parametrize(
     "wrap",
     [
