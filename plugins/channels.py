@@ -108,7 +108,10 @@ def multi_output(layer: Layer) -> None:
         bound.arguments["in_chans"] = c1
     bound.apply_defaults()
     layer.args = list(bound.args)
-    channels, strides = cls.feature_info_for(*bound.args, **bound.kwargs)
+    try:
+        channels, strides = cls.feature_info_for(*bound.args, **bound.kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise layer.fail(str(e.args[0]) if e.args else repr(e)) from e
     layer.c2 = FeatureChannels(channels, strides)
 
 

@@ -11,12 +11,18 @@ class RegistrationError(PluginError, TypeError):
     """A block could not be registered (name taken, not an ``nn.Module``, bad rule)."""
 
 
+def layer_message(index: int, module: str, message: str) -> str:
+    """``layer i: Module: message``, without repeating a ``Module:`` prefix the message already has."""
+    message = message.removeprefix(f"{module}: ")
+    return f"layer {index}: {module}: {message}"
+
+
 class LayerError(PluginError, ValueError):
     """A YAML layer cannot be built: names the layer index, the module and what was wrong."""
 
     def __init__(self, index: int, module: str, message: str) -> None:
         self.index, self.module = index, module
-        super().__init__(f"layer {index}: {module}: {message}")
+        super().__init__(layer_message(index, module, message))
 
 
 class UnknownModuleError(PluginError, KeyError):

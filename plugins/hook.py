@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from . import registry
 from .channels import Layer
-from .errors import HostVersionError, LayerError, UnknownModuleError
+from .errors import HostVersionError, LayerError, PluginError, UnknownModuleError, layer_message
 
 SUPPORTED = ">=8.4,<8.5"
 DISPATCH = "_yolo_plugins_layer"
@@ -140,6 +140,7 @@ def _layer(frame: dict) -> tuple[Any, list, int]:
     """Called by the patched parse_model for every layer, after the host's channel chain."""
     m, c2, args, n = frame["m"], frame["c2"], frame["args"], frame["n"]
     entry = registry.entry_for(m) if isinstance(m, type) else None
+    _building.layer = (frame["i"], entry.name) if entry is not None and entry.source == "yolo-plugins" else None
     if c2 is not _layer.FALL_THROUGH:  # the host's chain built this layer's channels
         if entry is not None and entry.check is not None:
             entry.check(frame)
@@ -166,6 +167,7 @@ def _layer(frame: dict) -> tuple[Any, list, int]:
 
 
 _layer.FALL_THROUGH = object()  # what the deferred fall-through leaves in c2
+_building = threading.local()  # (index, name) of the plugin block the parser is constructing, else None
 
 
 def check(cls: type) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
@@ -222,11 +224,52 @@ def _per_scale_args(d: dict) -> dict:
     return d
 
 
+def _quote_paths(d: dict) -> dict:
+    """Plugin layers' string args that are not Python literals (``/abs/w.pth``, ``./w.pth``) stay strings.
+
+    The host ``literal_eval``s every string argument and only tolerates ``ValueError``; a path starting with ``/`` or
+    ``.`` raises ``SyntaxError`` there. Host layers are left exactly as they are.
+    """
+    for part in ("backbone", "head"):
+        for k, row in enumerate(d.get(part) or []):
+            entry = registry.entries().get(row[2]) if isinstance(row[2], str) else None
+            if entry is None or entry.source != "yolo-plugins" or len(row) < 4:
+                continue
+            args = list(row[3])
+            for j, a in enumerate(args):
+                if isinstance(a, str):
+                    try:
+                        ast.literal_eval(a)
+                    except SyntaxError:
+                        args[j] = repr(a)
+                    except ValueError:
+                        pass
+            if args != row[3]:
+                d = {**d, part: list(d[part])}
+                d[part][k] = [*row[:3], args]
+    return d
+
+
 def _wrap_parse_model(patched: Callable, original: Callable, namespace: dict) -> Callable:
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
         _check_names(d, namespace)
-        return patched(_per_scale_args(d), ch, verbose)
+        _building.layer = None
+        try:
+            return patched(_quote_paths(_per_scale_args(d)), ch, verbose)
+        except PluginError:
+            raise
+        except Exception as e:  # raised while constructing a plugin block: say which layer, keep the type
+            where = getattr(_building, "layer", None)
+            if where is None:
+                raise
+            try:
+                named = type(e)(layer_message(*where, str(e)))
+            except Exception:
+                raise e from None
+            raise named.with_traceback(e.__traceback__) from e
+        finally:
+            _building.layer = None
 
     return parse_model
 

@@ -80,15 +80,29 @@ class SumProj(nn.Module):
         return torch.cat(xs, 1)
 
 
+class Fussy(nn.Module):
+    """Keeps its channels; refuses an even kernel and remembers a path-like argument."""
+
+    def __init__(self, c, k=3, path=""):
+        super().__init__()
+        if k % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {k}")
+        self.conv, self.path = nn.Conv2d(c, c, k, 1, k // 2), path
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def test_blocks():
+    plugins.register("Fussy", rule="same")(Fussy)
     plugins.register("ConvLike", rule="conv")(ConvLike)
     plugins.register("RepeatArg", rule="conv_repeat")(RepeatArg)
     plugins.register("Keep", rule="same")(Keep)
     plugins.register("TwoScales", rule="multi_output")(TwoScales)
     plugins.register("SumProj", rule=sum_rule)(SumProj)
     yield
-    for name in ("ConvLike", "RepeatArg", "Keep", "TwoScales", "SumProj"):
+    for name in ("Fussy", "ConvLike", "RepeatArg", "Keep", "TwoScales", "SumProj"):
         registry.unregister(name)
         tasks.__dict__.pop(name, None)
         hook._state["added"].discard(name)
@@ -149,6 +163,21 @@ def test_pick_and_index_errors_name_the_layer():
     cfg["backbone"][3] = [0, 1, "ConvLike", [64, 3, 2]]  # a single-input block fed the list
     with pytest.raises(plugins.LayerError, match=r"layer 3: ConvLike: takes one input .*multi-output layer, use Pick"):
         build(cfg)
+
+
+def test_constructor_errors_of_plugin_blocks_name_the_layer():
+    cfg = yaml.safe_load(TINY.format(scale="s"))
+    cfg["backbone"][5] = [-1, 1, "Fussy", [4]]
+    with pytest.raises(ValueError, match=r"^layer 5: Fussy: kernel must be odd, got 4$"):
+        build(cfg)
+
+
+@pytest.mark.parametrize("path", ["/abs/w.pth", "./w.pth", "../w.pth", "weights/w.pth", "w.pth"])
+def test_path_like_string_args_reach_plugin_blocks(path):
+    """The host literal_evals string args; paths it cannot parse still arrive as the string written."""
+    cfg = yaml.safe_load(TINY.format(scale="s"))
+    cfg["backbone"][5] = [-1, 1, "Fussy", [3, path]]
+    assert build(cfg).model[5].path == path
 
 
 def test_unknown_module_names_layer_and_suggestions():
