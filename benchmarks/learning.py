@@ -1,0 +1,150 @@
+"""Learning benchmark: one training recipe on the embedded shapes set, for the default model and three references.
+
+    python benchmarks/learning.py [models=rtdetr-effvit,yolov10-effvit,rtdetr-l,yolov10n]
+                                  [out=runs/learning/learning.md] [any yolo train override, e.g. epochs=5]
+
+Each model is trained with the stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is
+generated on first use), one after the other, with the same recipe (``RECIPE`` below; overrides on the command line
+apply to every model). The script prints and writes a Markdown table: final-epoch val mAP50 and mAP50-95, best
+mAP50, wall minutes, epochs, and the machine's load average before and after each run (other processes on the machine
+inflate the minutes), followed by the exact command lines.
+
+Expect about an hour per RT-DETR model on 2 idle CPU cores with the default recipe (Ultralytics trains with
+``cpu_count - 1`` torch threads, one thread on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODELS = {
+    "rtdetr-effvit": "cfg/models/rtdetr-effvit.yaml",  # the project's default model (scale n)
+    "yolov10-effvit": "cfg/models/yolov10-effvit.yaml",
+    "rtdetr-l": "rtdetr-l.yaml",  # stock Ultralytics
+    "yolov10n": "yolov10n.yaml",  # stock Ultralytics
+}
+
+# The learning recipe: small images, small batches with one optimizer step per batch (nbs=batch: Ultralytics would
+# otherwise accumulate gradients up to 64 images), AdamW, a one-epoch warm-up without the large bias warm-up rate
+# (0.1 by default, meant for SGD), and no mosaic (it shrinks the already small objects).
+RECIPE = {
+    "data": "cfg/datasets/shapes.yaml",
+    "imgsz": 256,
+    "epochs": 18,
+    "batch": 8,
+    "nbs": 8,
+    "optimizer": "AdamW",
+    "lr0": 0.001,
+    "warmup_epochs": 1,
+    "warmup_bias_lr": 0.001,
+    "mosaic": 0.0,
+    "device": "cpu",
+    "workers": 0,
+    "seed": 0,
+}
+
+
+def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str]]:
+    """``models=``, ``out=`` and yolo overrides from ``key=value`` arguments."""
+    models, out, overrides = list(MODELS), ROOT / "runs" / "learning" / "learning.md", {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"arguments are key=value, got {arg!r}\n{__doc__}")
+        if key == "models":
+            models = value.split(",")
+            unknown = [m for m in models if m not in MODELS]
+            if unknown:
+                raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+        elif key == "out":
+            out = Path(value)
+        else:
+            overrides[key] = value
+    return models, out, overrides
+
+
+def command(model: str, project: Path, overrides: dict[str, str]) -> list[str]:
+    """The ``yolo train`` command line for one model."""
+    args = {**RECIPE, **overrides}
+    return [
+        "yolo",
+        "train",
+        f"model={MODELS[model]}",
+        *(f"{k}={v}" for k, v in args.items()),
+        f"project={project}",
+        f"name={model}",
+        "exist_ok=True",
+    ]
+
+
+def load() -> str:
+    """1-minute load average and the number of CPUs, e.g. '3.1/2'."""
+    return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
+
+
+def train(model: str, project: Path, overrides: dict[str, str]) -> dict:
+    """Train one model; return its row of the table."""
+    cmd = command(model, project, overrides)
+    print("$", shlex.join(cmd), flush=True)
+    before, t = load(), time.perf_counter()
+    log = project / f"{model}.log"
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    minutes = (time.perf_counter() - t) / 60
+    row = {"model": model, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
+    results = project / model / "results.csv"
+    if p.returncode != 0 or not results.exists():
+        return {**row, "error": f"exit {p.returncode}, see {log}"}
+    with open(results) as f:
+        rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+    return {
+        **row,
+        "epochs": len(rows),
+        "mAP50": float(rows[-1]["metrics/mAP50(B)"]),
+        "mAP50-95": float(rows[-1]["metrics/mAP50-95(B)"]),
+        "best mAP50": max(float(r["metrics/mAP50(B)"]) for r in rows),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table and the command lines."""
+    lines = [
+        "| model | val mAP50 | val mAP50-95 | best mAP50 | minutes | epochs | load (1 min avg / CPUs) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | {r['minutes']:.1f} | | {r['load']} |")
+        else:
+            lines.append(
+                f"| {r['model']} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['best mAP50']:.3f} | "
+                f"{r['minutes']:.1f} | {r['epochs']} | {r['load']} |"
+            )
+    lines += ["", "Commands:", "", "```bash", *(r["cmd"] for r in rows), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """Run the benchmark for the chosen models and write the table."""
+    models, out, overrides = parse(argv)
+    project = out.parent.resolve()
+    project.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in models:
+        rows.append(train(model, project, overrides))
+        text = table(rows)
+        out.write_text(text)  # after every model, so a long run that is stopped keeps what it measured
+    print(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
