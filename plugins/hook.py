@@ -324,6 +324,7 @@ def activate() -> None:
 
         import_user_blocks()
         from .fusing import wrap_fuse, wrap_is_fused
+        from .safe_load import wrap_loading
         from .scales import wrap_yaml_model_load
 
         version = _host_version()
@@ -345,8 +346,10 @@ def activate() -> None:
             (emodel, "yaml_model_load"): emodel.yaml_model_load,
             (tasks.BaseModel, "fuse"): tasks.BaseModel.__dict__["fuse"],
             (tasks.BaseModel, "is_fused"): tasks.BaseModel.__dict__["is_fused"],
+            (tasks._SafeLoad, "loading"): tasks._SafeLoad.__dict__["loading"],
         }
         added: set[str] = set()
+        safe_added: set[str] = set()
         try:
             for entry in registry.entries().values():
                 _add_name(tasks, added, entry)
@@ -362,6 +365,9 @@ def activate() -> None:
                 (emodel, "yaml_model_load"): load,
                 (tasks.BaseModel, "fuse"): wrap_fuse(tasks.BaseModel.__dict__["fuse"]),
                 (tasks.BaseModel, "is_fused"): wrap_is_fused(tasks.BaseModel.__dict__["is_fused"]),
+                (tasks._SafeLoad, "loading"): staticmethod(
+                    wrap_loading(tasks._SafeLoad.loading, tasks._SafeLoad, safe_added)
+                ),
             }.items():
                 setattr(owner, attr, value)
         except BaseException:
@@ -369,7 +375,7 @@ def activate() -> None:
             raise
         listener = functools.partial(_add_name, tasks, added)
         registry._listeners.append(listener)
-        _state = {"originals": originals, "added": added, "tasks": tasks, "listener": listener}
+        _state = {"originals": originals, "added": added, "tasks": tasks, "listener": listener, "safe": safe_added}
 
 
 def _restore(originals: dict, added: set[str], tasks) -> None:
@@ -386,6 +392,8 @@ def deactivate() -> None:
         if _state is None:
             return
         _restore(_state["originals"], _state["added"], _state["tasks"])
+        for name in _state["safe"]:  # allow-list entries the plugin added to the host's restricted loader
+            (_state["tasks"]._SafeLoad._registry or {}).pop(name, None)
         registry._listeners.remove(_state["listener"])
         _state = None
 
