@@ -33,6 +33,7 @@ _LAZY = {
     "HostVersionError": ("errors", "HostVersionError"),
     "Pick": ("blocks.pick", "Pick"),
     "EfficientViT": ("blocks.efficientvit", "EfficientViT"),
+    "TimmBackbone": ("blocks.timm_backbone", "TimmBackbone"),
 }
 
 __all__ = [*_LAZY, "registered"]

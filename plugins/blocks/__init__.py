@@ -3,3 +3,4 @@
 from . import pick  # noqa: F401
 from .efficientvit import EfficientViT  # noqa: F401
 from . import yolov10  # noqa: F401
+from .timm_backbone import TimmBackbone  # noqa: F401

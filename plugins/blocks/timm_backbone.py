@@ -1,0 +1,199 @@
+"""``TimmBackbone``: any timm model that supports ``features_only`` as a multi-output YAML layer.
+
+YAML ``[-1, 1, TimmBackbone, [model, out_indices, pretrained]]`` (trailing arguments optional), e.g.
+``[-1, 1, TimmBackbone, [resnet18, [-3, -2, -1]]]``: the layer returns the feature maps timm's ``features_only``
+model returns, and the parser learns their channels and strides from timm's ``feature_info``, read from a model built
+on the meta device (no memory, no forward, no download). Select maps with ``Pick``.
+
+* ``out_indices`` are timm's own feature-level indices for that model (``resnet18`` has five levels, strides
+  2..32; ``convnext_atto`` four, strides 4..32); negative ones count from the deepest, so ``[-3, -2, -1]`` is
+  P3/P4/P5 for the usual strides-8/16/32 families. ``None`` returns every level timm exposes.
+* ``pretrained`` is a local weights file only (a timm classifier state dict, a timm ``features_only`` state dict, or
+  a wrapped checkpoint; see ``plugins.weights``); timm is never asked for pretrained weights, so nothing downloads.
+* ``fuse()`` runs timm's own ``reparameterize_model`` in place: every module timm gives a ``fuse()``,
+  ``reparameterize()`` or ``switch_to_deploy()`` (RepViT, FastViT, MobileOne, EfficientViT-M, LeViT conv+BN pairs,
+  ...) is folded. Plain conv/BN pairs timm leaves unfused (ResNet, ConvNeXt) stay as they are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..registry import register
+from ..weights import LoadReport, StateDict
+
+OutIndices = Union[Sequence[int], int, None]
+
+
+class TimmBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that keeps timm's ``eps``/``momentum`` when Ultralytics builds a model.
+
+    Ultralytics' ``initialize_weights`` sets ``eps=1e-3, momentum=0.03`` on every module whose type *is*
+    ``nn.BatchNorm2d``, which would change what pretrained timm statistics compute. Nothing else differs.
+    """
+
+
+def _check_name(model: str) -> str:
+    """The timm model name, or a clear error with the closest registered names; hub names are refused."""
+    import timm
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"TimmBackbone: model must be a timm model name (a string), got {model!r}")
+    if model.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        raise ValueError(
+            f"TimmBackbone: {model!r} would fetch a model config from outside timm's registry; use a registered timm "
+            "name and pass local weights with pretrained=<path>"
+        )
+    if not timm.is_model(model):
+        arch = model.split(".")[0]
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        close += [m for m in timm.list_models(f"*{arch}*")[:5] if m not in close]
+        hint = f"; close names: {', '.join(close[:6])}" if close else ""
+        raise ValueError(f"TimmBackbone: unknown timm model {model!r}{hint} (see timm.list_models())")
+    return model
+
+
+def _out_indices(out_indices: OutIndices) -> tuple[int, ...] | None:
+    if out_indices is None:
+        return None
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        return (out_indices,)
+    if not isinstance(out_indices, Sequence) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in out_indices
+    ):
+        raise ValueError(f"TimmBackbone: out_indices must be a list of ints (timm feature levels), got {out_indices!r}")
+    return tuple(out_indices)
+
+
+def _create(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> nn.Module:
+    """timm's ``features_only`` model, never with pretrained weights; a clear error when it cannot be built."""
+    import timm
+
+    kwargs = {"features_only": True, "pretrained": False, "in_chans": in_chans}
+    if out_indices is not None:
+        kwargs["out_indices"] = out_indices
+    try:
+        return timm.create_model(model, **kwargs)
+    except IndexError:
+        with torch.device("meta"):
+            levels = len(timm.create_model(model, features_only=True, pretrained=False).feature_info.out_indices)
+        raise ValueError(
+            f"TimmBackbone: out_indices {list(out_indices)} out of range for {model!r}, which has {levels} feature "
+            f"levels (valid: 0..{levels - 1}, or negative from the deepest)"
+        ) from None
+    except RuntimeError as e:
+        if "features_only" in str(e) or "feature" in str(e).lower():
+            raise ValueError(f"TimmBackbone: timm model {model!r} does not support features_only: {e}") from None
+        raise
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_info(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> tuple[list[int], list[int]]:
+    try:
+        with torch.device("meta"):  # no memory, no initialisation cost, no forward
+            net = _create(model, out_indices, in_chans)
+    except (NotImplementedError, RuntimeError):  # a model whose constructor cannot run on meta tensors
+        net = _create(model, out_indices, in_chans)
+    return [int(c) for c in net.feature_info.channels()], [int(r) for r in net.feature_info.reduction()]
+
+
+@register(rule="multi_output", fuse=True)
+class TimmBackbone(nn.Module):
+    """A timm ``features_only`` model returning a list of feature maps (YAML: ``[-1, 1, TimmBackbone, [resnet18]]``).
+
+    Args:
+        model: timm model name (``timm.list_models()``), e.g. ``"resnet18"``, ``"convnext_atto"``.
+        out_indices: timm feature levels to return (negative: from the deepest); ``None``: all of them.
+        pretrained: optional local weights file (relative paths: cwd, then the project's weights/); never a download.
+        in_chans: input channels (the YAML parser passes the input layer's channels).
+    """
+
+    def __init__(
+        self,
+        model: str = "resnet18",
+        out_indices: OutIndices = None,
+        pretrained: str | Path | None = None,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if pretrained is True:
+            raise ValueError("TimmBackbone: pretrained must be a local weights file path; nothing is ever downloaded")
+        self.name = _check_name(model)
+        self.out_indices = _out_indices(out_indices)
+        self.model = _create(self.name, self.out_indices, in_chans)
+        self.channels = [int(c) for c in self.model.feature_info.channels()]
+        self.strides = [int(r) for r in self.model.feature_info.reduction()]
+        for m in self.model.modules():
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = TimmBatchNorm2d
+        self.fused = False
+        self.load_report: LoadReport | None = None
+        if pretrained:
+            self.load_report = self.load(pretrained)
+
+    @classmethod
+    def feature_info_for(
+        cls,
+        model: str = "resnet18",
+        out_indices: OutIndices = None,
+        pretrained: str | Path | None = None,
+        in_chans: int = 3,
+    ) -> tuple[list[int], list[int]]:
+        """Channels and strides of the returned maps, from timm's ``feature_info`` of a model built on meta."""
+        return _feature_info(_check_name(model), _out_indices(out_indices), int(in_chans))
+
+    def _to_features_layout(self, sd: StateDict) -> tuple[StateDict, str]:
+        """Rename a timm classifier state dict to the ``features_only`` model's keys.
+
+        timm's feature wrapper flattens one level of ``nn.Sequential`` children into its top level (``stages.0`` ->
+        ``stages_0``) and some wrappers keep the whole network under ``model.``; keys of a features-only state dict
+        already match and are left alone. Keys with no counterpart (the classifier head) are reported as skipped.
+        """
+        top = {name for name, _ in self.model.named_children()}
+        if any(k.split(".")[0] in top for k in sd):
+            return sd, ""
+        if top == {"model"}:
+            return {f"model.{k}": v for k, v in sd.items()}, "timm classifier"
+        out = {}
+        for k, v in sd.items():
+            parts = k.split(".")
+            if len(parts) > 2 and f"{parts[0]}_{parts[1]}" in top and parts[0] not in top:
+                k = f"{parts[0]}_{parts[1]}." + ".".join(parts[2:])
+            out[k] = v
+        return out, "timm classifier"
+
+    def load(self, path: str | Path) -> LoadReport:
+        """Load a local weights file (all tensors validated first, or nothing; see ``plugins.weights``)."""
+        from ..weights import load_pretrained
+
+        if self.fused:
+            raise RuntimeError("TimmBackbone: load weights before fuse(); fused modules lost their original tensors")
+        return load_pretrained(self.model, path, remap=self._to_features_layout, name=f"TimmBackbone({self.name})")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the selected feature maps (channels ``self.channels``, strides ``self.strides``)."""
+        return list(self.model(x))
+
+    @torch.no_grad()
+    def fuse(self) -> TimmBackbone:
+        """Re-parameterise in place with timm's ``reparameterize_model`` (idempotent)."""
+        if self.fused:
+            return self
+        from timm.utils.model import reparameterize_model
+
+        training = self.training
+        reparameterize_model(self.model, inplace=True)
+        self.train(training)
+        self.fused = True
+        return self
+
+    def extra_repr(self) -> str:
+        idx = list(self.out_indices) if self.out_indices is not None else None
+        return f"model={self.name}, out_indices={idx}, fused={self.fused}"
