@@ -15,10 +15,11 @@ import torch
 from ultralytics.nn.tasks import RTDETRDetectionModel, yaml_model_load
 from ultralytics.utils.torch_utils import get_flops
 
-from plugins.profile import count, table, variants
+from plugins.profile import count, table
 from plugins.profile.__main__ import main as profile_main
 from plugins.profile.counting import msdeform_attn_macs
 from plugins.profile.roles import analyse
+from plugins.profile.variants import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 R50 = "rtdetr-resnet50.yaml"
@@ -205,6 +206,63 @@ def test_json_output_and_files(tmp_path, capsys):
     assert (save / "gflops_by_component.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| queries=100 |" in (save / "profile.md").read_text()
     assert (save / "sweep.csv").read_text().splitlines()[0].startswith("variant,params,gflops")
+
+
+@pytest.mark.parametrize(
+    "cfg", ["rtdetr-v10.yaml", "rtdetr-v10-psa.yaml", "rtdetr-effvit-v10.yaml", "rtdetr-effvit.yaml"]
+)
+def test_plugin_yamls_get_roles_and_every_variant(cfg):
+    path = ROOT / "cfg" / "models" / cfg
+    if not path.is_file():
+        pytest.skip(f"{cfg} is not in this checkout")
+    from plugins.profile.__main__ import load_model
+
+    model = load_model(str(path))
+    info = analyse(model)
+    assert set(info.roles.values()) == {
+        "input projections",
+        "AIFI",
+        "lateral convs",
+        "FPN blocks",
+        "downsample convs",
+        "PAN blocks",
+    }
+    vs = variants(model, "all")
+    assert {v.knob for v in vs[1:]} == {"decoder_layers", "queries", "ccff_depth", "drop_s3", "hidden_dim"}
+    for v in vs:
+        if v.knob == "drop_s3":
+            assert v.make().model[-1].nl == 2
+        elif v.knob == "hidden_dim":
+            m = v.make()
+            proj = [i for i, r in analyse(m).roles.items() if r == "input projections"]
+            assert {m.model[i].conv.out_channels for i in proj} == {v.value}
+        elif v.knob == "ccff_depth":
+            m = v.make()
+            blocks = [
+                i for i, r in analyse(m).roles.items() if r in ("FPN blocks", "PAN blocks") and hasattr(m.model[i], "m")
+            ]
+            assert blocks and {len(m.model[i].m) for i in blocks} == {v.value}
+
+
+def test_sweep_validates_only_variants_that_need_no_retraining(tmp_path):
+    from plugins.data.shapes import generate
+    from plugins.profile import sweep
+
+    root = generate(tmp_path / "shapes", n_train=1, n_val=2, n_test=0, imgsz=128)
+    data = tmp_path / "shapes.yaml"
+    names = {i: f"c{i}" for i in range(6)}
+    data.write_text(json.dumps({"path": str(root), "train": "images/train", "val": "images/val", "names": names}))
+    d = yaml_model_load(str(ROOT / "cfg" / "models" / "rtdetr-v10.yaml"))  # a small plugin RT-DETR (scale n)
+    d["nc"] = 6
+    model = RTDETRDetectionModel(d, nc=6, verbose=False).eval()
+    results = sweep.run(model, "queries:100,drop_s3", imgsz=128, runs=0, data=str(data), progress=False)
+    by = {r.variant: r for r in results}
+    assert set(by) == {"baseline", "queries=100", "drop_s3"}
+    for name in ("baseline", "queries=100"):
+        assert set(by[name].metrics) == {"map50_95", "map50"}
+        assert 0.0 <= by[name].metrics["map50_95"] <= by[name].metrics["map50"] <= 1.0
+    assert by["drop_s3"].metrics == {} and by["drop_s3"].needs_retraining
+    assert all(r.latency_ms is None for r in results)
 
 
 def _cli(cmd: list[str]) -> dict:

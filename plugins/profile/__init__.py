@@ -14,7 +14,7 @@ from __future__ import annotations
 from .counting import Counts, count, ultralytics_gflops
 from .sweep import Result, measure, run
 from .table import Row, build
-from .variants import KNOBS, Variant, VariantError, variants
+from .variants import KNOBS, Variant, VariantError
 
 __all__ = [
     "KNOBS",
@@ -28,5 +28,4 @@ __all__ = [
     "measure",
     "run",
     "ultralytics_gflops",
-    "variants",
 ]

@@ -4,7 +4,8 @@ A model built from a YAML is a list of layers, each with its absolute inputs. Th
 section; the encoder is every ``head:`` layer before the ``RTDETRDecoder``; the decoder is the ``RTDETRDecoder``.
 Encoder layers get their role from the data flow:
 
-* ``AIFI``: a transformer encoder layer (``AIFI`` or any ``TransformerEncoderLayer``);
+* ``AIFI``: a transformer encoder layer (``AIFI`` or any ``TransformerEncoderLayer``), or whatever block sits where
+  AIFI sits (between the S5 input projection and its lateral conv, e.g. ``PSA``);
 * ``downsample convs``: a layer holding a strided convolution or pooling;
 * ``input projections``: a layer that reads only backbone outputs;
 * ``lateral convs``: a layer whose output an ``nn.Upsample`` reads;
@@ -19,7 +20,7 @@ only). Models without an ``RTDETRDecoder`` are grouped as backbone and head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -63,6 +64,7 @@ class Layers:
     n_backbone: int
     decoder: int | None  # index of the RTDETRDecoder, None when the model has none
     roles: dict[int, str]  # encoder layer index -> role (RT-DETR only)
+    transformers: set[int] = field(default_factory=set)  # encoder layers that are transformer encoder layers
 
     @property
     def is_rtdetr(self) -> bool:
@@ -132,6 +134,7 @@ def analyse(model: nn.Module) -> Layers:
             continue
         if _is_transformer(m):
             roles[i] = "AIFI"
+            info.transformers.add(i)
         elif _is_strided(m):
             roles[i] = "downsample convs"
             down.add(i)
@@ -146,6 +149,11 @@ def analyse(model: nn.Module) -> Layers:
             roles[i] = roles[f[0]]
         else:
             roles[i] = "other"
+    for i, role in list(roles.items()):  # whatever sits where AIFI sits (e.g. PSA): S5 projection -> it -> lateral
+        f = inputs[i]
+        if role == "other" and len(f) == 1 and roles.get(f[0]) == "input projections":
+            if any(roles.get(j) == "lateral convs" for j in info.consumers(i)):
+                roles[i] = "AIFI"
     for i in sorted(upsample | concat):
         if nb <= i < decoder:
             readers = [j for j in info.consumers(i) if j in roles]

@@ -62,23 +62,35 @@ class Result:
         return out
 
 
-def latency_ms(model: nn.Module, imgsz: int, runs: int = 5, warmup: int = 2) -> float:
-    """Median CPU latency (ms) of ``runs`` timed batch-1 forward passes after ``warmup`` untimed ones.
-
-    The model is timed as deployed: a fused copy (Conv+BN, RepConv and plugin blocks folded) in eval mode.
-    """
+def deployable(model: nn.Module) -> nn.Module:
+    """A fused copy (Conv+BN, RepConv and plugin blocks folded) in eval mode: the model as it is deployed."""
     m = copy.deepcopy(model).float().eval()
-    if hasattr(m, "fuse"):
-        m = m.fuse(verbose=False)
+    return m.fuse(verbose=False) if hasattr(m, "fuse") else m
+
+
+def latencies_ms(models: list[nn.Module], imgsz: int, runs: int = 5, warmup: int = 2, bar=None) -> list[float]:
+    """Median CPU latency (ms) of each model: batch 1, ``warmup`` untimed then ``runs`` timed forward passes.
+
+    The models are timed in interleaved rounds (each round runs every model once), so that a change in load on a
+    shared machine falls on all of them alike instead of on whichever variant happened to run at that moment.
+    """
     im = torch.zeros(1, 3, imgsz, imgsz)
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for i in range(warmup + max(runs, 1)):
-            t = time.perf_counter()
-            m(im)
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        for r in range(warmup + max(runs, 1)):
+            for k, m in enumerate(models):
+                t = time.perf_counter()
+                m(im)
+                if r >= warmup:
+                    times[k].append((time.perf_counter() - t) * 1000)
+            if bar is not None:
+                bar.update(1)
+    return [statistics.median(t) for t in times]
+
+
+def latency_ms(model: nn.Module, imgsz: int, runs: int = 5, warmup: int = 2) -> float:
+    """Median CPU latency (ms) of one model as deployed (see :func:`latencies_ms`)."""
+    return latencies_ms([deployable(model)], imgsz, runs, warmup)[0]
 
 
 def validate(model: nn.Module, data: str, imgsz: int, batch: int = 1) -> dict[str, float]:
@@ -132,14 +144,30 @@ def run(
     data: str | None = None,
     progress: bool = True,
 ) -> list[Result]:
-    """Measure the baseline and every variant of ``spec`` (mAP only for no-retraining variants, given ``data``)."""
+    """Measure the baseline and every variant of ``spec`` (mAP only for no-retraining variants, given ``data``).
+
+    Counting (and validating) runs variant by variant; the latencies are then timed in interleaved rounds.
+    """
     from ultralytics.utils import TQDM
 
     todo = variants(model, spec)
-    results = []
+    results, deployed = [], []
     bar = TQDM(todo, desc="profile sweep", disable=not progress, unit="variant", file=sys.stderr)
     for v in bar:
         bar.set_description(f"profile sweep: {v.name}")
         m = v.make()
-        results.append(measure(m, imgsz, v.name, v, runs, warmup, data if data and not v.needs_retraining else None))
+        results.append(measure(m, imgsz, v.name, v, 0, 0, data if data and not v.needs_retraining else None))
+        if runs > 0:
+            deployed.append(deployable(m))
+    if runs > 0:
+        rounds = TQDM(
+            total=warmup + runs,
+            desc="profile sweep: latency rounds",
+            disable=not progress,
+            unit="round",
+            file=sys.stderr,
+        )
+        for r, ms in zip(results, latencies_ms(deployed, imgsz, runs, warmup, rounds)):
+            r.latency_ms = ms
+        rounds.close()
     return results

@@ -194,26 +194,48 @@ def drop_s3_yaml(d: dict, layers: Layers) -> dict:
     return d
 
 
+def encoder_width(model: nn.Module, layers: Layers) -> int:
+    """The encoder width as built: the output channels of its input projections."""
+    proj = [i for i, r in sorted(layers.roles.items()) if r == "input projections"]
+    widths = {getattr(model.model[i], "conv", None) and model.model[i].conv.out_channels for i in proj}
+    if not proj or len(widths) != 1 or None in widths:
+        raise VariantError(f"hidden_dim: the encoder's input projections {proj} do not give one width: {widths}")
+    return widths.pop()
+
+
+def _width_gain(d: dict) -> tuple[float, int]:
+    scales = d.get("scales") or {}
+    if scales and d.get("scale") in scales:
+        return scales[d["scale"]][1], scales[d["scale"]][2]
+    return d.get("width_multiple", 1.0), d.get("max_channels", 1024)
+
+
 def hidden_dim_yaml(d: dict, c: int, layers: Layers) -> dict:
-    """The YAML dict with encoder width ``c`` (the width the input projections give, in YAML units)."""
+    """The YAML dict whose encoder is ``c`` channels wide as built (the YAML value is c / the scale's width gain)."""
+    from ultralytics.utils.ops import make_divisible
+
     d = copy.deepcopy(d)
     rows = _rows(d)
     proj = [i for i, r in layers.roles.items() if r == "input projections"]
     widths = {rows[i][3][0] for i in proj}
     if len(widths) != 1:
-        raise VariantError(f"hidden_dim: the encoder's input projections {proj} do not share one width: {widths}")
+        raise VariantError(f"hidden_dim: the encoder's input projections {proj} do not share one YAML width: {widths}")
     old = widths.pop()
     if c < 8 or c % 8:
         raise VariantError(f"hidden_dim={c} must be a positive multiple of 8")
+    gw, max_ch = _width_gain(d)
+    new = next((y for y in range(8, 8 * 4096) if make_divisible(min(y, max_ch) * gw, 8) == c), None)
+    if new is None:
+        raise VariantError(f"hidden_dim={c} cannot be built with width gain {gw} and max_channels {max_ch}")
     for i, role in layers.roles.items():
         args = rows[i][3]
-        if role == "AIFI":
+        if i in layers.transformers:
             heads = args[1] if len(args) > 1 else 8
             if c % heads:
                 raise VariantError(f"hidden_dim={c}: layer {i}: {rows[i][2]}: not divisible by its {heads} heads")
-            args[0] = int(math.ceil(args[0] * c / old / 8) * 8)  # feed-forward width keeps its ratio
+            args[0] = int(math.ceil(args[0] * new / old / 8) * 8)  # feed-forward width keeps its ratio
         elif args and args[0] == old and role != "other":
-            args[0] = c
+            args[0] = new
     return d
 
 
@@ -224,18 +246,15 @@ def default_values(model: nn.Module, layers: Layers, knob: str) -> list[int | No
     d = resolved_yaml(model)
     if knob == "decoder_layers":
         n = len(_decoder(model, layers).decoder.layers)
-        return list(range(n - 2, 0, -2)) or [n - 1]
+        return sorted({v for v in (n * 2 // 3, n // 3) if 0 < v < n}, reverse=True)
     if knob == "queries":
         q = _decoder(model, layers).num_queries
         return [v for v in (200, 100, 50) if v < q] or [max(1, q // 2)]
     if knob == "ccff_depth":
         n = max(built_repeats(d, i) for i in fusion_blocks(d, layers))
-        return list(range(n - 1, 0, -1))
+        return [v for v in (3, 2, 1) if v != n]
     if knob == "hidden_dim":
-        proj = [i for i, r in layers.roles.items() if r == "input projections"]
-        if not proj:
-            raise VariantError("hidden_dim: the encoder has no input projections to take its width from")
-        w = _rows(d)[proj[0]][3][0]
+        w = encoder_width(model, layers)
         return [v for v in (w * 3 // 4 // 8 * 8, w // 2 // 8 * 8) if v >= 8]
     raise VariantError(f"unknown knob {knob!r}; knobs: {', '.join(KNOBS)}")
 
