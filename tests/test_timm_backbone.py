@@ -1,0 +1,220 @@
+"""TimmBackbone: timm's feature_info as channels/strides, real forward shapes, local weights, reparam fusing, YAML."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from plugins import TimmBackbone
+from plugins.errors import LayerError
+from plugins.weights import WeightsError
+
+# A ResNet, a ConvNeXt, MIT's EfficientViT and two re-parameterisable families (mobileone_s0 works too, but slowly).
+FAMILIES = [
+    ("resnet18", [2, 3, 4]),
+    ("convnext_atto", [-3, -2, -1]),
+    ("efficientvit_b0", None),
+    ("repvit_m0_9", [1, 2, 3]),
+    ("fastvit_t8", None),
+]
+REPARAM = ["repvit_m0_9", "fastvit_t8"]
+
+
+def _randomise_norms(module: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics and affine terms, so that folding them is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("name, out_indices", FAMILIES)
+def test_channels_strides_match_timm_and_forward(name, out_indices):
+    kw = {"out_indices": tuple(out_indices)} if out_indices is not None else {}
+    with torch.device("meta"):
+        ref = timm.create_model(name, features_only=True, pretrained=False, **kw)
+    channels, strides = TimmBackbone.feature_info_for(name, out_indices)
+    assert channels == ref.feature_info.channels()
+    assert strides == ref.feature_info.reduction()
+
+    m = TimmBackbone(name, out_indices).eval()
+    assert (m.channels, m.strides) == (channels, strides)
+    x = torch.randn(1, 3, 64, 96)  # non-square
+    with torch.no_grad():
+        out = m(x)
+    assert isinstance(out, list) and len(out) == len(channels)
+    assert [tuple(o.shape) for o in out] == [(1, c, 64 // s, 96 // s) for c, s in zip(channels, strides)]
+
+
+def test_feature_info_builds_on_meta_and_never_asks_timm_for_weights(monkeypatch):
+    calls = []
+    real = timm.create_model
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("pretrained"), torch.empty(0).device.type, kwargs.get("features_only")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    forwards = []
+    hook = nn.modules.module.register_module_forward_hook(lambda *a: forwards.append(1))
+    try:
+        TimmBackbone.feature_info_for("resnet34", [-2, -1], None, 5)  # arguments no other test uses (not cached)
+    finally:
+        hook.remove()
+    assert calls == [(False, "meta", True)]
+    assert forwards == []  # no dummy forward
+
+
+def test_pretrained_true_is_refused():
+    with pytest.raises(ValueError, match="local weights file"):
+        TimmBackbone("resnet18", pretrained=True)
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnet_18'.*resnet18"):
+        TimmBackbone("resnet_18")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        TimmBackbone.feature_info_for("convnxt_atto")
+    with pytest.raises(ValueError, match="hf-hub"):
+        TimmBackbone("hf-hub:timm/resnet18.a1_in1k")
+
+
+def test_out_of_range_level_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"out_indices \[1, 2, 4\] out of range for 'convnext_atto'.*4 feature levels"):
+        TimmBackbone.feature_info_for("convnext_atto", [1, 2, 4])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_pretrained_classifier_state_dict_gives_timm_outputs(tmp_path, name):
+    torch.manual_seed(0)
+    clf = timm.create_model(name, pretrained=False)  # the layout timm's released weights have (head included)
+    _randomise_norms(clf)
+    path = tmp_path / f"{name}.pth"
+    torch.save(clf.state_dict(), path)
+    # reference: timm's own features_only model, filled by timm's own loader from the same local file
+    ref = timm.create_model(
+        name, features_only=True, out_indices=(-3, -2, -1), pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+    )
+    m = TimmBackbone(name, [-3, -2, -1], pretrained=path).eval()
+    report = m.load_report
+    assert report.loaded == report.total == len(m.model.state_dict())
+    assert report.skipped  # the classifier head has no place in a features-only model
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(m(x), ref.eval()(x)):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_pretrained_features_only_state_dict_and_errors(tmp_path):
+    src = TimmBackbone("convnext_atto", [-3, -2, -1])
+    _randomise_norms(src)
+    path = tmp_path / "atto_features.pt"
+    torch.save({"model": src.model.state_dict()}, path)  # wrapped the way training scripts wrap it
+    m = TimmBackbone("convnext_atto", [-3, -2, -1], pretrained=path)
+    for k, v in src.model.state_dict().items():
+        assert torch.equal(m.model.state_dict()[k], v)
+
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    with pytest.raises(WeightsError, match="wrong shape"):  # another model's weights: nothing loaded
+        other = tmp_path / "femto.pth"
+        torch.save(timm.create_model("convnext_femto", pretrained=False).state_dict(), other)
+        m.load(other)
+    assert all(torch.equal(m.model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
+        TimmBackbone("resnet18", pretrained="no_such_weights.pth")
+
+
+@pytest.mark.parametrize("name", REPARAM)
+def test_reparam_fuse_equal_outputs_fewer_modules(name):
+    torch.manual_seed(0)
+    m = TimmBackbone(name, [-3, -2, -1])
+    _randomise_norms(m)
+    m.eval()
+    x = torch.randn(1, 3, 96, 64)
+    n_before = len(list(m.modules()))
+    with torch.no_grad():
+        ref = m(x)
+        assert m.fuse() is m and m.fused
+        out = m(x)
+        m.fuse()  # idempotent
+        again = m(x)
+    assert len(list(m.modules())) < n_before
+    for a, b, c in zip(out, ref, again):
+        assert _rel(a, b) < 1e-4
+        assert torch.equal(a, c)
+
+
+YAML = """
+nc: 3
+scales:
+  n: [1.0, 0.25, 1024]
+backbone:
+  - [-1, 1, TimmBackbone, [{model}, [-3, -2, -1]]] # 0
+  - [0, 1, Pick, [0]] # 1-P3/8
+  - [0, 1, Pick, [1]] # 2-P4/16
+  - [0, 1, Pick, [2]] # 3-P5/32
+head:
+  - [[1, 2, 3], 1, Detect, [nc]]
+"""
+
+
+def _detection_model(tmp_path, model: str):
+    from ultralytics.nn.tasks import DetectionModel
+
+    cfg = tmp_path / f"timm-{model}.yaml"
+    cfg.write_text(YAML.format(model=model))
+    return DetectionModel(str(cfg), verbose=False)
+
+
+def test_yaml_layer_channels_and_engine_fuse(tmp_path):
+    net = _detection_model(tmp_path, "repvit_m0_9")
+    backbone = net.model[0]
+    assert isinstance(backbone, TimmBackbone)
+    assert [m.cv2[0][0].conv.in_channels for m in [net.model[-1]]] == [backbone.channels[0]]
+    assert list(net.stride) == backbone.strides
+    # Ultralytics sets eps=1e-3 on plain BatchNorm2d; the backbone keeps timm's (pretrained statistics need it)
+    assert {m.eps for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
+    _randomise_norms(net)
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)[0]
+        net.fuse()
+        out = net(x)[0]
+    assert backbone.fused
+    assert _rel(out, ref) < 1e-4
+
+
+def test_yaml_errors_name_the_layer(tmp_path):
+    from ultralytics.nn.tasks import DetectionModel
+
+    with pytest.raises(LayerError, match=r"layer 0: TimmBackbone: unknown timm model 'resnet_18'.*resnet18"):
+        _detection_model(tmp_path, "resnet_18")
+    bad = tmp_path / "bad-levels.yaml"
+    bad.write_text(YAML.format(model="convnext_atto").replace("[-3, -2, -1]", "[2, 3, 7]"))
+    with pytest.raises(LayerError, match=r"layer 0: TimmBackbone: out_indices \[2, 3, 7\] out of range"):
+        DetectionModel(str(bad), verbose=False)
+
+
+def test_model_pickles_and_copies(tmp_path):
+    net = _detection_model(tmp_path, "resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "m.pt"
+    torch.save(net, path)
+    back = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], net(x)[0])
+        assert torch.equal(copy.deepcopy(net)(x)[0], net(x)[0])
