@@ -121,8 +121,11 @@ def save_dir_for(args: dict) -> Path:
     return increment_path(project / name, exist_ok=bool(args["exist_ok"]))
 
 
-def run(args: dict) -> dict:
-    """Profile (and sweep) as ``args`` says; print the result; return the JSON object."""
+def run(args: dict, command: str = "") -> dict:
+    """Profile (and sweep) as ``args`` says; print the result; return the JSON object.
+
+    ``command`` is the command line as typed, written into profile.md.
+    """
     from . import report, sweep, table
     from .counting import ultralytics_gflops
 
@@ -143,7 +146,9 @@ def run(args: dict) -> dict:
         obj["model"] = str(args["model"])
         if args["compare"]:
             obj["ultralytics_gflops"] = ultralytics_gflops(model, imgsz)
-        command = "python -m plugins.profile " + " ".join(f"{k}={v}" for k, v in args.items() if v != DEFAULTS[k])
+        command = command or "python -m plugins.profile " + " ".join(
+            f"{k}={v}" for k, v in args.items() if v != DEFAULTS[k]
+        )
         files = []
         if args["save"]:
             title = f"{Path(str(args['model'])).stem} @ {imgsz}"
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from .variants import VariantError
 
     try:
-        run(parse_args(argv))
+        run(parse_args(argv), "python -m plugins.profile " + " ".join(argv))
     except VariantError as e:
         print(f"profile: {e}", file=sys.stderr)
         return 2

@@ -29,17 +29,22 @@ def sweep_markdown(results: list[Result]) -> str:
     """The sweep as a Markdown table (GFLOPs here include the extra work; the thop part is in brackets)."""
     recs = records(results)
     has_map = any("map50_95" in r for r in recs)
-    head = "| variant | #params | GFLOPs (thop + extra) | latency ms | Δ params | Δ GFLOPs | Δ latency | retrain |"
-    sep = "|:--|--:|--:|--:|--:|--:|--:|:-:|"
+    head = (
+        "| variant | #params | GFLOPs (thop + extra) | latency ms (median) | latency ms (min) | Δ params | Δ GFLOPs "
+        "| Δ latency (median) | retrain |"
+    )
+    sep = "|:--|--:|--:|--:|--:|--:|--:|--:|:-:|"
     if has_map:
         head, sep = head + " mAP50-95 | mAP50 |", sep + "--:|--:|"
     lines = [head, sep]
     for r in recs:
         lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+        lat_min = "-" if r["latency_min_ms"] is None else f"{r['latency_min_ms']:.1f}"
         line = (
             f"| {r['variant']} | {table.fmt_params(r['params'])} | {r['gflops_total']:.2f} ({r['gflops']:.2f} + "
-            f"{r['gflops_extra']:.3f}) | {lat} | {_pct(r.get('d_params_pct'))} | {_pct(r.get('d_gflops_pct'))} | "
-            f"{_pct(r.get('d_latency_pct'))} | {'yes' if r['needs_retraining'] else 'no'} |"
+            f"{r['gflops_extra']:.3f}) | {lat} | {lat_min} | {_pct(r.get('d_params_pct'))} | "
+            f"{_pct(r.get('d_gflops_pct'))} | {_pct(r.get('d_latency_pct'))} | "
+            f"{'yes' if r['needs_retraining'] else 'no'} |"
         )
         if has_map:
             m, m50 = r.get("map50_95"), r.get("map50")
@@ -110,11 +115,28 @@ def plot_latency(results: list[Result], path: Path, title: str = "") -> Path | N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    xs, ys = [r.gflops_total for r in pts], [r.latency_ms for r in pts]
+    sx, sy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = ((4, 3), (4, -10), (-4, 3), (-4, -10), (4, 10), (-4, 10), (4, -17), (-4, -17))
+    used: list[tuple[float, float]] = []  # label anchors, in axis fractions, to keep labels from overlapping
     for r in pts:
         kind = "o" if not r.needs_retraining else "s"
         color = "#C44E52" if r.variant == "baseline" else "#55A868" if not r.needs_retraining else "#4C72B0"
         ax.scatter(r.gflops_total, r.latency_ms, marker=kind, color=color, s=36, zorder=3)
-        ax.annotate(r.variant, (r.gflops_total, r.latency_ms), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        fx, fy = (r.gflops_total - min(xs)) / sx, (r.latency_ms - min(ys)) / sy
+        for dx, dy in offsets:
+            ax_, ay_ = fx + dx / 400, fy + dy / 250
+            if all(abs(ax_ - ux) > 0.12 or abs(ay_ - uy) > 0.05 for ux, uy in used):
+                break
+        used.append((ax_, ay_))
+        ax.annotate(
+            r.variant,
+            (r.gflops_total, r.latency_ms),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=7,
+            ha="left" if dx > 0 else "right",
+        )
     ax.scatter([], [], marker="o", color="#C44E52", label="baseline")
     ax.scatter([], [], marker="o", color="#55A868", label="no retraining")
     ax.scatter([], [], marker="s", color="#4C72B0", label="new model (retrain)")

@@ -27,8 +27,9 @@ class Result:
     params: int
     gflops: float
     gflops_extra: float
-    latency_ms: float | None
+    latency_ms: float | None  # median of the timed runs
     needs_retraining: bool
+    latency_min_ms: float | None = None  # fastest timed run: the least disturbed by other load
     components: dict[str, float] = field(default_factory=dict)  # section -> GFLOPs (thop + extra)
     metrics: dict[str, float] = field(default_factory=dict)  # mAP50-95, mAP50 when validated
     counts: Counts | None = None
@@ -48,6 +49,7 @@ class Result:
             "gflops_extra": round(self.gflops_extra, 4),
             "gflops_total": round(self.gflops_total, 4),
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+            "latency_min_ms": None if self.latency_min_ms is None else round(self.latency_min_ms, 2),
             "needs_retraining": self.needs_retraining,
         }
         if baseline is not None:
@@ -68,8 +70,8 @@ def deployable(model: nn.Module) -> nn.Module:
     return m.fuse(verbose=False) if hasattr(m, "fuse") else m
 
 
-def latencies_ms(models: list[nn.Module], imgsz: int, runs: int = 5, warmup: int = 2, bar=None) -> list[float]:
-    """Median CPU latency (ms) of each model: batch 1, ``warmup`` untimed then ``runs`` timed forward passes.
+def latencies_ms(models: list[nn.Module], imgsz: int, runs: int = 5, warmup: int = 2, bar=None) -> list[list[float]]:
+    """CPU latencies (ms) of each model's timed runs: batch 1, ``warmup`` untimed then ``runs`` timed forward passes.
 
     The models are timed in interleaved rounds (each round runs every model once), so that a change in load on a
     shared machine falls on all of them alike instead of on whichever variant happened to run at that moment.
@@ -85,12 +87,12 @@ def latencies_ms(models: list[nn.Module], imgsz: int, runs: int = 5, warmup: int
                     times[k].append((time.perf_counter() - t) * 1000)
             if bar is not None:
                 bar.update(1)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def latency_ms(model: nn.Module, imgsz: int, runs: int = 5, warmup: int = 2) -> float:
     """Median CPU latency (ms) of one model as deployed (see :func:`latencies_ms`)."""
-    return latencies_ms([deployable(model)], imgsz, runs, warmup)[0]
+    return statistics.median(latencies_ms([deployable(model)], imgsz, runs, warmup)[0])
 
 
 def validate(model: nn.Module, data: str, imgsz: int, batch: int = 1) -> dict[str, float]:
@@ -119,6 +121,7 @@ def measure(
     """Count (and time when ``runs`` > 0; validate when ``data`` is given) one model."""
     c = count(model, imgsz)
     root = table.build(model, c)
+    times = latencies_ms([deployable(model)], imgsz, runs, warmup)[0] if runs > 0 else None
     return Result(
         variant=name,
         knob=variant.knob if variant else None,
@@ -126,7 +129,8 @@ def measure(
         params=c.total_params,
         gflops=c.gflops,
         gflops_extra=c.extra_gflops,
-        latency_ms=latency_ms(model, imgsz, runs, warmup) if runs > 0 else None,
+        latency_ms=statistics.median(times) if times else None,
+        latency_min_ms=min(times) if times else None,
         needs_retraining=variant.needs_retraining if variant else False,
         components=table.sections(root),
         metrics=validate(model, data, imgsz) if data else {},
@@ -167,7 +171,7 @@ def run(
             unit="round",
             file=sys.stderr,
         )
-        for r, ms in zip(results, latencies_ms(deployed, imgsz, runs, warmup, rounds)):
-            r.latency_ms = ms
+        for r, times in zip(results, latencies_ms(deployed, imgsz, runs, warmup, rounds)):
+            r.latency_ms, r.latency_min_ms = statistics.median(times), min(times)
         rounds.close()
     return results
