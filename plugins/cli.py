@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = plugins.registered()
         cols = ("name", "class", "source", "rule", "fuse")
         widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in cols}
-        print("  ".join(c.ljust(widths[c]) for c in cols))
+        print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
         for r in rows:
-            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
         return 0
     print(f"yolo-plugins: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2

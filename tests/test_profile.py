@@ -282,3 +282,15 @@ def test_cli_module_and_console_script():
     assert b["modules"] == a["modules"]
     p = subprocess.run([exe, "profile", "model=rtdetr-l.yaml", "sweep=bogus"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "unknown knob 'bogus'" in p.stderr
+
+
+def test_console_script_list_and_usage(capsys):
+    from plugins.cli import main
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "class", "source", "rule", "fuse"]
+    assert any(line.split()[:3] == ["Pick", "plugins.blocks.pick.Pick", "yolo-plugins"] for line in lines[1:])
+    assert main(["bogus"]) == 2 and "unknown command 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown argument 'imgsize'"):
+        profile_main(["model=rtdetr-l.yaml", "imgsize=320"])
