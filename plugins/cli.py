@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "profile":
         from .profile.__main__ import main as profile_main
 
-        return profile_main(rest)
+        return profile_main(rest, prog="yolo-plugins profile")
     if cmd == "list":
         import plugins
 

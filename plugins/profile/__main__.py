@@ -173,8 +173,8 @@ def run(args: dict, command: str = "") -> dict:
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m plugins.profile`` and ``yolo-plugins profile``."""
+def main(argv: list[str] | None = None, prog: str = "python -m plugins.profile") -> int:
+    """Entry point of ``python -m plugins.profile`` and ``yolo-plugins profile`` (``prog`` names it in profile.md)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from .variants import VariantError
 
     try:
-        run(parse_args(argv), "python -m plugins.profile " + " ".join(argv))
+        run(parse_args(argv), f"{prog} " + " ".join(argv))
     except VariantError as e:
         print(f"profile: {e}", file=sys.stderr)
         return 2
