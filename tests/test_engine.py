@@ -149,6 +149,17 @@ def onnx_file(env, trained) -> Path:
     return best.with_suffix(".onnx")
 
 
+def assert_same_detections(got: np.ndarray, want: np.ndarray, atol: float) -> None:
+    """Equal top-k rows ``[cx, cy, w, h, score, class]`` within ``atol``, whatever the order of near-tied scores."""
+    assert got.shape == want.shape
+    got, want = got.reshape(-1, 6), want.reshape(-1, 6)
+    np.testing.assert_allclose(got[:, 4], want[:, 4], atol=atol, rtol=0)  # both sorted by score
+    floor = want[:, 4].min() + atol  # a row at the top-k boundary may be swapped for a near-tied one
+    for row in got[got[:, 4] > floor]:
+        same = (want[:, 5] == row[5]) & np.all(np.abs(want[:, :5] - row[:5]) <= atol, axis=1)
+        assert same.any(), f"no PyTorch detection matches {row}"
+
+
 def test_onnx_matches_pytorch(trained, onnx_file):
     import onnxruntime as ort
 
@@ -158,9 +169,8 @@ def test_onnx_matches_pytorch(trained, onnx_file):
         x = _input(seed)
         want = _raw(model, x).numpy()
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-        assert got.shape == want.shape == (1, model.model[-1].num_queries, 6)  # top-k [cx, cy, w, h, score, class]
-        np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
-        assert np.array_equal(got[..., 5], want[..., 5])
+        assert want.shape == (1, model.model[-1].num_queries, 6)  # top-k [cx, cy, w, h, score, class]
+        assert_same_detections(got, want, atol=1e-3)
 
 
 def test_onnx_predicts_through_ultralytics(data, trained, onnx_file):
@@ -184,7 +194,7 @@ def test_torchscript_matches_pytorch(env, trained):
     ts = torch.jit.load(str(best.with_suffix(".torchscript")), map_location="cpu")
     model = _torch_model(best)
     x = _input(2)
-    torch.testing.assert_close(_raw(ts, x), _raw(model, x), atol=1e-4, rtol=0)
+    assert_same_detections(_raw(ts, x).numpy(), _raw(model, x).numpy(), atol=1e-4)
 
 
 def test_best_pt_reloads_in_fresh_process(env, trained, tmp_path):
