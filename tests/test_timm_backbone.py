@@ -210,11 +210,12 @@ def test_yaml_errors_name_the_layer(tmp_path):
 
 
 def test_model_pickles_and_copies(tmp_path):
-    net = _detection_model(tmp_path, "resnet18").eval()
+    net = _detection_model(tmp_path, "convnext_atto").eval()
     x = torch.randn(1, 3, 64, 64)
     path = tmp_path / "m.pt"
-    torch.save(net, path)
-    back = torch.load(path, weights_only=False)
+    torch.save({"model": net}, path)
+    back = torch.load(path, weights_only=False)["model"]
     with torch.no_grad():
-        assert torch.equal(back(x)[0], net(x)[0])
-        assert torch.equal(copy.deepcopy(net)(x)[0], net(x)[0])
+        ref = net(x)[0]
+        assert torch.equal(back(x)[0], ref)
+        assert torch.equal(copy.deepcopy(net)(x)[0], ref)

@@ -159,7 +159,8 @@ class TimmBackbone(nn.Module):
         in_chans: int = 3,
     ) -> tuple[list[int], list[int]]:
         """Channels and strides of the returned maps, from timm's ``feature_info`` of a model built on meta."""
-        return _feature_info(_check_name(model), _out_indices(out_indices), int(in_chans))
+        channels, strides = _feature_info(_check_name(model), _out_indices(out_indices), int(in_chans))
+        return list(channels), list(strides)  # copies: the cached lists stay as timm reported them
 
     def _to_features_layout(self, sd: StateDict) -> tuple[StateDict, str]:
         """Rename a timm classifier state dict to the ``features_only`` model's keys.
