@@ -44,8 +44,8 @@ def main() -> int:
     from ultralytics.nn.tasks import yaml_model_load
 
     family = [measure(CFG / f"{FAMILY}.yaml", s) for s in yaml_model_load(CFG / f"{FAMILY}.yaml")["scales"]]
-    print("n scale of every RT-DETR in the zoo:\n" + markdown(smallest_n))
-    print(f"{FAMILY} at every scale vs stock rtdetr-l:\n" + markdown([*family, stock]))
+    print("n scale of every RT-DETR in the zoo:\n\n" + markdown(smallest_n))
+    print(f"{FAMILY} at every scale vs stock rtdetr-l:\n\n" + markdown([*family, stock]))
 
     ok = True
     best = min(smallest_n, key=lambda r: r.gflops)

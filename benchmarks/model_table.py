@@ -55,13 +55,15 @@ def measure(path: str | Path, scale: str | None = None) -> Row:
     d = copy.deepcopy(yaml_model_load(path))
     if scale is not None:
         d["scale"] = scale
+    elif not d.get("scale") and d.get("scales"):
+        d["scale"] = next(iter(d["scales"]))  # the host's own choice, without its warning
     model = model_class(d)(d, verbose=False).eval()
     params, gflops = get_num_params(model), get_flops(model, IMGSZ)
     model.fuse(verbose=False)
     stem = Path(str(path)).stem
     return Row(
         stem,
-        d.get("scale") or next(iter(d.get("scales") or {}), "-"),
+        d.get("scale") or "-",
         params,
         gflops,
         get_num_params(model),
