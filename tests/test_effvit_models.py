@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import copy
-import functools
-
 import pytest
 import torch
 from torch import nn
@@ -24,15 +21,10 @@ BACKBONE = {
 }
 
 
-@functools.cache
-def _built(yaml: str, scale: str) -> nn.Module:
-    """Build ``<yaml>-<scale>.yaml`` once (a file that does not exist: the plugin resolves the scale letter)."""
+def _build(yaml: str, scale: str) -> nn.Module:
+    """Build ``<yaml>-<scale>.yaml`` (a file that does not exist: the plugin resolves the scale letter)."""
     cls = RTDETR if yaml.startswith("rtdetr") else YOLO
     return cls(f"{yaml}-{scale}.yaml").model
-
-
-def _model(yaml: str, scale: str) -> nn.Module:
-    return copy.deepcopy(_built(yaml, scale))
 
 
 def _randomise_norms(module: nn.Module, seed: int = 0) -> None:
@@ -50,34 +42,44 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("yaml, scale", CASES)
-def test_scale_builds_the_documented_backbone(yaml, scale):
-    net = _built(yaml, scale)
-    assert net.yaml["scale"] == scale
-    cls, variants = BACKBONE[yaml]
-    backbone = net.model[0]
-    assert isinstance(backbone, cls)
-    assert (backbone.variant if cls is EfficientViT else backbone.name) == variants[scale]
-    assert backbone.strides == [8, 16, 32]
-    # Pick layers carry the backbone's real channels into the encoder / neck
-    assert [type(net.model[i]).__name__ for i in (1, 2, 3)] == ["Pick"] * 3
+def _batch(imgsz: int = 64) -> dict:
+    """One synthetic image with three labelled boxes (normalised xywh), as the trainer's collate builds a batch."""
+    return {
+        "img": torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0)),
+        "cls": torch.tensor([[0.0], [1.0], [2.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.4, 0.5]]),
+        "batch_idx": torch.tensor([0.0, 0.0, 0.0]),
+    }
 
 
-@pytest.mark.parametrize("yaml, scale", CASES)
-def test_forward_640_and_fuse_equal(yaml, scale):
-    net = _model(yaml, scale).eval()
-    nc = net.yaml["nc"]
-    with torch.no_grad():
-        y = net(torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0)))[0]
-    if yaml.startswith("rtdetr"):
-        assert y.shape == (1, net.model[-1].num_queries, 6)  # top queries: box xyxy, score, class
-    else:
-        assert y.shape == (1, 4 + nc, 80 * 80 + 40 * 40 + 20 * 20)
-    assert torch.isfinite(y).all()
+def _train_step(net: nn.Module) -> None:
+    """A real optimisation step through the model's loss: finite loss, gradients reach the backbone, weights move."""
+    torch.manual_seed(0)
+    net.train()
+    net.nc, net.args = net.yaml["nc"], get_cfg()  # what the trainer's set_model_attributes does
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    backbone_p = next(p for p in net.model[0].parameters() if p.requires_grad and p.dim() == 4)
+    head_p = next(p for p in net.model[-1].parameters() if p.requires_grad and p.dim() >= 2)
+    before = backbone_p.detach().clone(), head_p.detach().clone()
+    loss, _ = net.loss(_batch())
+    loss = loss.sum()
+    assert torch.isfinite(loss) and loss.item() > 0
+    opt.zero_grad()
+    loss.backward()
+    assert backbone_p.grad is not None and backbone_p.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(backbone_p, before[0])
+    assert not torch.equal(head_p, before[1])
 
-    # fused == unfused (eval) with non-trivial BatchNorm statistics everywhere; at 128 to keep it fast. Compared: the
-    # head's three input maps (everything fusing touches before the head) and, for v10Detect (whose fuse drops the
-    # one-to-many branch), its output. RT-DETR's output is a top-300 selection whose order near-ties may swap.
+
+def _fuse_equal(net: nn.Module, rtdetr: bool) -> None:
+    """fused == unfused (eval) with non-trivial BatchNorm statistics everywhere, at 128 px to keep it fast.
+
+    Compared: the head's three input maps (everything fusing touches before the head) and, for v10Detect (whose fuse
+    drops the one-to-many branch), its output. RT-DETR's output is a top-300 selection whose near-ties may swap.
+    128 px still gives 336 anchors, at least the 300 queries RT-DETR selects.
+    """
+    net.eval()
     _randomise_norms(net)
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
     n_modules = len(list(net.modules()))
@@ -93,38 +95,32 @@ def test_forward_640_and_fuse_equal(yaml, scale):
     assert len(head_inputs) == 2
     for a, b in zip(head_inputs[1], head_inputs[0]):
         assert _rel(a, b) < 1e-4
-    if not yaml.startswith("rtdetr"):
+    if not rtdetr:
         assert _rel(out, ref) < 1e-4
 
 
-def _batch(nc: int, imgsz: int = 64) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "img": torch.rand(2, 3, imgsz, imgsz, generator=g),
-        "cls": torch.tensor([[0.0], [1.0 % nc], [2.0 % nc]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.4, 0.5]]),
-        "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
-    }
-
-
 @pytest.mark.parametrize("yaml, scale", CASES)
-def test_train_step(yaml, scale):
-    torch.manual_seed(0)
-    net = _model(yaml, scale).train()
-    net.nc, net.args = net.yaml["nc"], get_cfg()  # what the trainer's set_model_attributes does
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    backbone_p = next(p for p in net.model[0].parameters() if p.requires_grad and p.dim() == 4)
-    head_p = next(p for p in net.model[-1].parameters() if p.requires_grad and p.dim() >= 2)
-    before = backbone_p.detach().clone(), head_p.detach().clone()
-    loss, _ = net.loss(_batch(net.nc))
-    loss = loss.sum()
-    assert torch.isfinite(loss) and loss.item() > 0
-    opt.zero_grad()
-    loss.backward()
-    assert backbone_p.grad is not None and backbone_p.grad.abs().sum() > 0  # gradients reach the backbone
-    opt.step()
-    assert not torch.equal(backbone_p, before[0])
-    assert not torch.equal(head_p, before[1])
+def test_scale_builds_trains_fuses_and_runs_at_640(yaml, scale):
+    net = _build(yaml, scale)  # built once; each stage below works on the model the previous one left
+    assert net.yaml["scale"] == scale
+    cls, variants = BACKBONE[yaml]
+    backbone = net.model[0]
+    assert isinstance(backbone, cls)
+    assert (backbone.variant if cls is EfficientViT else backbone.name) == variants[scale]
+    assert backbone.strides == [8, 16, 32]
+    assert [type(net.model[i]).__name__ for i in (1, 2, 3)] == ["Pick"] * 3  # channels inferred from the backbone
+
+    _train_step(net)
+    rtdetr = yaml.startswith("rtdetr")
+    _fuse_equal(net, rtdetr)
+
+    with torch.no_grad():  # the deployed (fused) model at 640
+        y = net(torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0)))[0]
+    if rtdetr:
+        assert y.shape == (1, net.model[-1].num_queries, 6)  # top queries: box xyxy, score, class
+    else:
+        assert y.shape == (1, 4 + net.yaml["nc"], 80 * 80 + 40 * 40 + 20 * 20)
+    assert torch.isfinite(y).all()
 
 
 def test_plain_name_builds_default_scale_without_warning(monkeypatch):
