@@ -3,7 +3,8 @@
 The host unpickles with ``weights_only=True`` against an allow-list of known classes, resolving ``nn.Module``
 classes of ``torch.nn`` and ``ultralytics.nn`` on demand. A checkpoint of a plugin model also references the
 plugin's block classes and the timm modules inside its backbones; this adds exactly those it references, with the
-same rule the host applies to its own modules (an ``nn.Module`` subclass at the pickled path), and nothing else.
+same rule the host applies to its own modules (an ``nn.Module`` subclass at the pickled path), plus the two plain
+data types a timm ``features_only`` model carries (its ``FeatureInfo`` and the ``Format`` enum), and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from . import registry
 
 TRUSTED = ("plugins", "timm")  # packages whose nn.Module classes a plugin checkpoint may reference
+DATA = ("timm.models._features.FeatureInfo", "timm.layers.format.Format")  # non-module types inside timm backbones
 
 
 def _packages() -> set[str]:
@@ -33,7 +35,9 @@ def _resolve(name: str, packages: set[str]) -> type | None:
         obj = getattr(importlib.import_module(module), attr, None)
     except ImportError:
         return None
-    return obj if isinstance(obj, type) and issubclass(obj, torch.nn.Module) else None
+    if not isinstance(obj, type):
+        return None
+    return obj if issubclass(obj, torch.nn.Module) or name in DATA else None
 
 
 def wrap_loading(original: Callable, safe_load: type, added: set[str]) -> Callable:

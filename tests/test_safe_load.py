@@ -19,9 +19,10 @@ head:
 """
 
 
-def test_restricted_load_of_a_plugin_checkpoint(tmp_path):
+@pytest.mark.parametrize("backbone", ["EfficientViT, [m0]", "TimmBackbone, [resnet18, [2, 3, 4]]"])
+def test_restricted_load_of_a_plugin_checkpoint(tmp_path, backbone):
     torch.manual_seed(0)
-    model = tasks.DetectionModel(yaml.safe_load(TINY), verbose=False).eval()
+    model = tasks.DetectionModel(yaml.safe_load(TINY.replace("EfficientViT, [m0]", backbone)), verbose=False).eval()
     path = tmp_path / "m.pt"
     torch.save({"model": model, "train_args": {}}, path)
     plugins.deactivate()
@@ -35,9 +36,11 @@ def test_restricted_load_of_a_plugin_checkpoint(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], model(x)[0])
-    assert "plugins.blocks.efficientvit.EfficientViT" in tasks._SafeLoad._registry
+    block = type(model.model[0])
+    name = f"{block.__module__}.{block.__qualname__}"
+    assert name in tasks._SafeLoad._registry
     plugins.deactivate()
     try:
-        assert "plugins.blocks.efficientvit.EfficientViT" not in tasks._SafeLoad._registry
+        assert name not in tasks._SafeLoad._registry
     finally:
         plugins.activate()

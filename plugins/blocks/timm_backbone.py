@@ -26,8 +26,6 @@ from typing import Union
 import torch
 from torch import nn
 
-from ..channels import RULES, Layer
-from ..errors import LayerError
 from ..registry import register
 from ..weights import LoadReport, StateDict
 
@@ -106,17 +104,7 @@ def _feature_info(model: str, out_indices: tuple[int, ...] | None, in_chans: int
     return [int(c) for c in net.feature_info.channels()], [int(r) for r in net.feature_info.reduction()]
 
 
-def timm_multi_output(layer: Layer) -> None:
-    """The foundation's ``multi_output`` rule, with a bad timm name or level reported as an error naming the layer."""
-    try:
-        RULES["multi_output"](layer)
-    except LayerError:
-        raise
-    except ValueError as e:
-        raise layer.fail(str(e).removeprefix("TimmBackbone: ")) from None
-
-
-@register(rule=timm_multi_output, fuse=True)
+@register(rule="multi_output", fuse=True)
 class TimmBackbone(nn.Module):
     """A timm ``features_only`` model returning a list of feature maps (YAML: ``[-1, 1, TimmBackbone, [resnet18]]``).
 
