@@ -1,7 +1,7 @@
 """Params and GFLOPs @640 of every model YAML in cfg/models at every scale, plus stock references, as Markdown.
 
     python benchmarks/model_table.py                              # Markdown to stdout
-    python benchmarks/model_table.py -o docs/readme/zoo-table.md  # the README's table
+    python benchmarks/model_table.py -o docs/zoo-table.md  # the README's table
 
 GFLOPs are Ultralytics' own counter (``ultralytics.utils.torch_utils.get_flops``, thop) at 640x640, for the model
 as built (what training runs and ``model.info()`` prints) and after the engine's ``model.fuse()`` (what inference and
