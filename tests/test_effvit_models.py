@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomise_bn
 from torch import nn
 from ultralytics import RTDETR, YOLO
 from ultralytics.cfg import get_cfg
@@ -25,17 +26,6 @@ def _build(yaml: str, scale: str) -> nn.Module:
     """Build ``<yaml>-<scale>.yaml`` (a file that does not exist: the plugin resolves the scale letter)."""
     cls = RTDETR if yaml.startswith("rtdetr") else YOLO
     return cls(f"{yaml}-{scale}.yaml").model
-
-
-def _randomise_norms(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +70,7 @@ def _fuse_equal(net: nn.Module, rtdetr: bool) -> None:
     128 px still gives 336 anchors, at least the 300 queries RT-DETR selects.
     """
     net.eval()
-    _randomise_norms(net)
+    randomise_bn(net)
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
     n_modules = len(list(net.modules()))
     head_inputs = []

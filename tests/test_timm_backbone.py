@@ -7,6 +7,7 @@ import copy
 import pytest
 import timm
 import torch
+from helpers import randomise_bn
 from torch import nn
 
 from plugins import TimmBackbone
@@ -22,19 +23,6 @@ FAMILIES = [
     ("fastvit_t8", None),
 ]
 REPARAM = ["repvit_m0_9", "fastvit_t8"]
-
-
-def _randomise_norms(module: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics and affine terms, so that folding them is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,7 +89,7 @@ def test_out_of_range_level_is_a_clear_error():
 def test_pretrained_classifier_state_dict_gives_timm_outputs(tmp_path, name):
     torch.manual_seed(0)
     clf = timm.create_model(name, pretrained=False)  # the layout timm's released weights have (head included)
-    _randomise_norms(clf)
+    randomise_bn(clf)
     path = tmp_path / f"{name}.pth"
     torch.save(clf.state_dict(), path)
     # reference: timm's own features_only model, filled by timm's own loader from the same local file
@@ -120,7 +108,7 @@ def test_pretrained_classifier_state_dict_gives_timm_outputs(tmp_path, name):
 
 def test_pretrained_features_only_state_dict_and_errors(tmp_path):
     src = TimmBackbone("convnext_atto", [-3, -2, -1])
-    _randomise_norms(src)
+    randomise_bn(src)
     path = tmp_path / "atto_features.pt"
     torch.save({"model": src.model.state_dict()}, path)  # wrapped the way training scripts wrap it
     m = TimmBackbone("convnext_atto", [-3, -2, -1], pretrained=path)
@@ -141,7 +129,7 @@ def test_pretrained_features_only_state_dict_and_errors(tmp_path):
 def test_reparam_fuse_equal_outputs_fewer_modules(name):
     torch.manual_seed(0)
     m = TimmBackbone(name, [-3, -2, -1])
-    _randomise_norms(m)
+    randomise_bn(m)
     m.eval()
     x = torch.randn(1, 3, 96, 64)
     n_before = len(list(m.modules()))
@@ -187,7 +175,7 @@ def test_yaml_layer_channels_and_engine_fuse(tmp_path):
     assert list(net.stride) == backbone.strides
     # Ultralytics sets eps=1e-3 on plain BatchNorm2d; the backbone keeps timm's (pretrained statistics need it)
     assert {m.eps for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
-    _randomise_norms(net)
+    randomise_bn(net)
     net.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomise_bn
 from torch import nn
 from ultralytics.cfg import get_cfg
 from ultralytics.nn import tasks
@@ -25,18 +26,6 @@ def load(name: str, scale: str) -> nn.Module:
     """Build ``name-<scale>.yaml`` the way a user would (the plugin resolves the scale letter)."""
     cls = RTDETRDetectionModel if name.startswith("rtdetr") else DetectionModel
     return cls(f"{name}-{scale}.yaml", nc=NC, verbose=False)
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so that folding them is actually tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
 
 
 def synthetic_batch(size: int = 64) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomise_bn
 from torch import nn
 from ultralytics.nn.modules import block as host
 from ultralytics.nn.modules.conv import RepConv
@@ -189,18 +190,6 @@ def test_repvggdw_typed_channels_at_every_scale():
 
 
 # ---------------------------------------------------------------- re-parameterisation
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so that folding them is actually tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

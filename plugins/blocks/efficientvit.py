@@ -23,6 +23,7 @@ from torch import nn
 
 from ..registry import register
 from ..weights import LoadReport, StateDict, load_pretrained
+from .timm_norms import keep_timm_norms
 
 # Stage widths of each variant (the paper's Table, as timm's efficientvit_m0..m5 build them; a test checks timm).
 WIDTHS = {
@@ -35,15 +36,6 @@ WIDTHS = {
 }
 STEM_STRIDES = (8, 16)
 IMG_SIZE = 224  # the ImageNet resolution: fixes the attention window sizes and so the attention-bias shapes
-
-
-class EfficientViTBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that keeps its own ``eps``/``momentum`` when Ultralytics builds a model.
-
-    Ultralytics' ``initialize_weights`` sets ``eps=1e-3, momentum=0.03`` on every module whose type *is*
-    ``nn.BatchNorm2d``; pretrained EfficientViT statistics were computed with timm's ``eps=1e-5``. This subclass adds
-    nothing else (every ``isinstance(m, nn.BatchNorm2d)`` check still holds).
-    """
 
 
 def _variant(variant: str) -> str:
@@ -132,9 +124,7 @@ class EfficientViT(nn.Module):
             net.patch_embed.conv4.conv.stride = (1, 1)
         self.patch_embed = net.patch_embed
         self.stages = net.stages
-        for m in self.modules():
-            if type(m) is nn.BatchNorm2d:
-                m.__class__ = EfficientViTBatchNorm2d
+        keep_timm_norms(self)
         self.fused = False
         self.load_report: LoadReport | None = None
         if pretrained:

@@ -28,16 +28,9 @@ from torch import nn
 
 from ..registry import register
 from ..weights import LoadReport, StateDict
+from .timm_norms import keep_timm_norms
 
 OutIndices = Union[Sequence[int], int, None]
-
-
-class TimmBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that keeps timm's ``eps``/``momentum`` when Ultralytics builds a model.
-
-    Ultralytics' ``initialize_weights`` sets ``eps=1e-3, momentum=0.03`` on every module whose type *is*
-    ``nn.BatchNorm2d``, which would change what pretrained timm statistics compute. Nothing else differs.
-    """
 
 
 def _check_name(model: str) -> str:
@@ -130,9 +123,7 @@ class TimmBackbone(nn.Module):
         self.model = _create(self.name, self.out_indices, in_chans)
         self.channels = [int(c) for c in self.model.feature_info.channels()]
         self.strides = [int(r) for r in self.model.feature_info.reduction()]
-        for m in self.model.modules():
-            if type(m) is nn.BatchNorm2d:
-                m.__class__ = TimmBatchNorm2d
+        keep_timm_norms(self.model)
         self.fused = False
         self.load_report: LoadReport | None = None
         if pretrained:
