@@ -2,10 +2,13 @@
 
     python benchmarks/model_table.py                              # Markdown to stdout
     python benchmarks/model_table.py -o docs/zoo-table.md  # the README's table
+    python benchmarks/model_table.py --latency 5 -o docs/zoo-table.md   # + CPU latency of the fused model
 
 GFLOPs are Ultralytics' own counter (``ultralytics.utils.torch_utils.get_flops``, thop) at 640x640, for the model
 as built (what training runs and ``model.info()`` prints) and after the engine's ``model.fuse()`` (what inference and
-export run: BN folded, RepVGGDW/RepConv re-parameterised, YOLOv10's one-to-many head dropped).
+export run: BN folded, RepVGGDW/RepConv re-parameterised, YOLOv10's one-to-many head dropped). ``--latency N``
+adds the median CPU latency of the fused model (batch 1, 640x640, N timed runs after one warm-up), timed by the
+profiling tool (``plugins.profile.sweep.latency_ms``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Row:
     params_fused: int
     gflops_fused: float
     source: str  # "yolo-plugins" or "stock"
+    latency_ms: float | None = None  # fused, batch 1, CPU median (only with --latency)
 
 
 def model_class(d: dict):
@@ -47,8 +51,11 @@ def model_class(d: dict):
     return ClassificationModel if head == "Classify" else DetectionModel
 
 
-def measure(path: str | Path, scale: str | None = None) -> Row:
-    """Build ``path`` at ``scale`` (None: the YAML's own) and count params and GFLOPs, as built and fused."""
+def measure(path: str | Path, scale: str | None = None, runs: int = 0) -> Row:
+    """Build ``path`` at ``scale`` (None: the YAML's own) and count params and GFLOPs, as built and fused.
+
+    With ``runs > 0`` also time the fused model on the CPU.
+    """
     from ultralytics.nn.tasks import yaml_model_load
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
@@ -60,6 +67,11 @@ def measure(path: str | Path, scale: str | None = None) -> Row:
     model = model_class(d)(d, verbose=False).eval()
     params, gflops = get_num_params(model), get_flops(model, IMGSZ)
     model.fuse(verbose=False)
+    latency = None
+    if runs > 0:
+        from plugins.profile.sweep import latency_ms
+
+        latency = latency_ms(model, IMGSZ, runs=runs, warmup=1)
     stem = Path(str(path)).stem
     return Row(
         stem,
@@ -69,6 +81,7 @@ def measure(path: str | Path, scale: str | None = None) -> Row:
         get_num_params(model),
         get_flops(model, IMGSZ),
         "stock" if not (CFG / Path(str(path)).name).is_file() else "yolo-plugins",
+        latency,
     )
 
 
@@ -77,33 +90,35 @@ def zoo_yamls() -> list[Path]:
     return sorted(CFG.glob("*.yaml"))
 
 
-def zoo_rows(paths: list[Path] | None = None) -> list[Row]:
+def zoo_rows(paths: list[Path] | None = None, runs: int = 0) -> list[Row]:
     """Every project YAML at every scale of its ``scales``."""
     from ultralytics.nn.tasks import yaml_model_load
 
     rows = []
     for path in paths if paths is not None else zoo_yamls():
         for scale in yaml_model_load(path).get("scales") or [None]:
-            rows.append(measure(path, scale))
+            rows.append(measure(path, scale, runs))
     return rows
 
 
-def stock_rows() -> list[Row]:
+def stock_rows(runs: int = 0) -> list[Row]:
     """The stock Ultralytics references."""
-    return [measure(name) for name in STOCK]
+    return [measure(name, runs=runs) for name in STOCK]
 
 
 def markdown(rows: list[Row]) -> str:
     """The table as Markdown."""
+    timed = any(r.latency_ms is not None for r in rows)
     lines = [
-        f"| model | scale | params (M) | GFLOPs @{IMGSZ} | fused params (M) | fused GFLOPs @{IMGSZ} |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| model | scale | params (M) | GFLOPs @{IMGSZ} | fused params (M) | fused GFLOPs @{IMGSZ} |"
+        + (" CPU ms (fused) |" if timed else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if timed else ""),
     ]
     for r in rows:
         name = f"`{r.model}.yaml`" + (" (stock)" if r.source == "stock" else "")
         lines.append(
             f"| {name} | {r.scale} | {r.params / 1e6:.2f} | {r.gflops:.1f} | {r.params_fused / 1e6:.2f} "
-            f"| {r.gflops_fused:.1f} |"
+            f"| {r.gflops_fused:.1f} |" + (f" {r.latency_ms:.0f} |" if timed else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -113,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, help="write the Markdown here instead of stdout")
     parser.add_argument("--no-stock", action="store_true", help="leave out the stock reference models")
+    parser.add_argument("--latency", type=int, default=0, metavar="RUNS", help="time the fused models (RUNS runs)")
     args = parser.parse_args(argv)
     plugins.activate()
-    rows = zoo_rows() + ([] if args.no_stock else stock_rows())
+    rows = zoo_rows(runs=args.latency) + ([] if args.no_stock else stock_rows(args.latency))
+    flags = f"--latency {args.latency} " if args.latency else ""
     header = (
-        f"<!-- generated by `python benchmarks/model_table.py -o {args.output or '...'}`; do not edit by hand -->\n\n"
+        f"<!-- generated by `python benchmarks/model_table.py {flags}-o {args.output or '...'}`; do not edit by hand"
+        " -->\n\n"
         f"Params and GFLOPs at {IMGSZ}x{IMGSZ} (Ultralytics' counter), as built for training and after `model.fuse()`"
         " (deployment).\n\n"
     )
