@@ -23,10 +23,6 @@ def _active():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     """A tiny generated detection set (8 train, 4 val images at <= 64 px) and its data YAML; returns the YAML path."""
-    from plugins.data.shapes import CLASSES, generate
+    from helpers import tiny_shapes
 
-    root = generate(tmp_path_factory.mktemp("tiny_shapes"), n_train=8, n_val=4, n_test=2, imgsz=64, seed=0)
-    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(CLASSES))
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}\n")
-    return str(data)
+    return str(tiny_shapes(tmp_path_factory.mktemp("tiny_shapes"), imgsz=64))

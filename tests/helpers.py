@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -17,3 +19,14 @@ def randomise_bn(module: nn.Module, seed: int = 0) -> None:
             if m.affine:
                 m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
                 m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def tiny_shapes(root: Path, imgsz: int = 64) -> Path:
+    """A tiny generated detection set (8 train, 4 val, 2 test images) under ``root``; returns its data YAML."""
+    from plugins.data.shapes import CLASSES, generate
+
+    root = generate(root, n_train=8, n_val=4, n_test=2, imgsz=imgsz, seed=0)
+    names = "".join(f"  {i}: {c}\n" for i, c in enumerate(CLASSES))
+    data = root / "tiny.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}")
+    return data

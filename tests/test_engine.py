@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from plugins.data.shapes import CLASSES, generate
+from helpers import tiny_shapes
 
 MODEL = "rtdetr-effvit-n.yaml"  # cfg/models/rtdetr-effvit.yaml at scale n
 IMGSZ = 64
@@ -72,11 +71,7 @@ def run(env: dict, cmd: str | list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A tiny shapes split and its dataset YAML."""
-    root = generate(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, n_test=2, imgsz=96, seed=0)
-    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
-    yaml_file = root / "tiny.yaml"
-    yaml_file.write_text(f"path: {root}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}")
-    return yaml_file
+    return tiny_shapes(tmp_path_factory.mktemp("shapes"), imgsz=96)
 
 
 @pytest.fixture(scope="module")
