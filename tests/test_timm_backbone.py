@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import timm
@@ -100,6 +101,8 @@ def test_pretrained_classifier_state_dict_gives_timm_outputs(tmp_path, name):
     report = m.load_report
     assert report.loaded == report.total == len(m.model.state_dict())
     assert report.skipped  # the classifier head has no place in a features-only model
+    blob = pickle.dumps(m)  # checkpoints hold tensors and plain attributes: no load report, no Path objects
+    assert b"LoadReport" not in blob and b"PosixPath" not in blob and pickle.loads(blob).load_report is None
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(m(x), ref.eval()(x)):

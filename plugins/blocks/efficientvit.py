@@ -19,11 +19,10 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..registry import register
 from ..weights import LoadReport, StateDict, load_pretrained
-from .timm_norms import keep_timm_norms
+from .timm_base import TimmBasedBackbone
 
 # Stage widths of each variant (the paper's Table, as timm's efficientvit_m0..m5 build them; a test checks timm).
 WIDTHS = {
@@ -89,7 +88,7 @@ def to_timm_layout(sd: StateDict) -> tuple[StateDict, str]:
 
 
 @register(rule="multi_output", fuse=True)
-class EfficientViT(nn.Module):
+class EfficientViT(TimmBasedBackbone):
     """EfficientViT M0-M5 backbone returning its three stage outputs (YAML: ``[-1, 1, EfficientViT, [m0]]``).
 
     Args:
@@ -124,11 +123,7 @@ class EfficientViT(nn.Module):
             net.patch_embed.conv4.conv.stride = (1, 1)
         self.patch_embed = net.patch_embed
         self.stages = net.stages
-        keep_timm_norms(self)
-        self.fused = False
-        self.load_report: LoadReport | None = None
-        if pretrained:
-            self.load_report = self.load(pretrained)
+        self._finish_init(self, pretrained)
 
     @classmethod
     def feature_info_for(
@@ -142,10 +137,8 @@ class EfficientViT(nn.Module):
         s = _stem_stride(stem_stride)
         return list(WIDTHS[_variant(variant)]), [s, 2 * s, 4 * s]
 
-    def load(self, path: str | Path) -> LoadReport:
+    def _load(self, path: str | Path) -> LoadReport:
         """Load a local timm-format or official-format checkpoint (all tensors validated first, or nothing)."""
-        if self.fused:
-            raise RuntimeError("EfficientViT: load weights before fuse(); a fused module has no BatchNorm to fill")
         return load_pretrained(self, path, remap=to_timm_layout, name=f"EfficientViT-{self.variant.upper()}")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -173,10 +166,6 @@ class EfficientViT(nn.Module):
                     setattr(parent, name, folded)
         self.fused = True
         return self
-
-    def __getstate__(self) -> dict:
-        """Pickle without the load report: checkpoints keep tensors and plain attributes only (no Path objects)."""
-        return {**super().__getstate__(), "load_report": None}
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, stem_stride={self.stem_stride}, fused={self.fused}"

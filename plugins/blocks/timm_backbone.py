@@ -28,7 +28,7 @@ from torch import nn
 
 from ..registry import register
 from ..weights import LoadReport, StateDict
-from .timm_norms import keep_timm_norms
+from .timm_base import TimmBasedBackbone
 
 OutIndices = Union[Sequence[int], int, None]
 
@@ -98,7 +98,7 @@ def _feature_info(model: str, out_indices: tuple[int, ...] | None, in_chans: int
 
 
 @register(rule="multi_output", fuse=True)
-class TimmBackbone(nn.Module):
+class TimmBackbone(TimmBasedBackbone):
     """A timm ``features_only`` model returning a list of feature maps (YAML: ``[-1, 1, TimmBackbone, [resnet18]]``).
 
     Args:
@@ -123,11 +123,7 @@ class TimmBackbone(nn.Module):
         self.model = _create(self.name, self.out_indices, in_chans)
         self.channels = [int(c) for c in self.model.feature_info.channels()]
         self.strides = [int(r) for r in self.model.feature_info.reduction()]
-        keep_timm_norms(self.model)
-        self.fused = False
-        self.load_report: LoadReport | None = None
-        if pretrained:
-            self.load_report = self.load(pretrained)
+        self._finish_init(self.model, pretrained)
 
     @classmethod
     def feature_info_for(
@@ -161,12 +157,10 @@ class TimmBackbone(nn.Module):
             out[k] = v
         return out, "timm classifier"
 
-    def load(self, path: str | Path) -> LoadReport:
-        """Load a local weights file (all tensors validated first, or nothing; see ``plugins.weights``)."""
+    def _load(self, path: str | Path) -> LoadReport:
+        """Load a local timm classifier or features_only state dict into the wrapped model."""
         from ..weights import load_pretrained
 
-        if self.fused:
-            raise RuntimeError("TimmBackbone: load weights before fuse(); fused modules lost their original tensors")
         return load_pretrained(self.model, path, remap=self._to_features_layout, name=f"TimmBackbone({self.name})")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

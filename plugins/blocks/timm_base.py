@@ -1,0 +1,54 @@
+"""What the timm-based backbones (``EfficientViT``, ``TimmBackbone``) share.
+
+* BatchNorm settings: Ultralytics' ``initialize_weights`` sets ``eps=1e-3, momentum=0.03`` on every module whose type
+  *is* ``nn.BatchNorm2d``; timm backbones (and their pretrained statistics) use ``eps=1e-5, momentum=0.1``. Retyping
+  their BatchNorms to a subclass that adds nothing keeps timm's values while every ``isinstance(m, nn.BatchNorm2d)``
+  check (fusing, thop, the engine) still holds.
+* Local weights and the fused state: ``pretrained=`` loads a local file at construction (never after ``fuse()``), the
+  load report is kept for the user but left out of pickles (checkpoints hold tensors and plain attributes only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..weights import LoadReport
+
+
+class TimmBatchNorm2d(nn.BatchNorm2d):
+    """A ``BatchNorm2d`` that Ultralytics' weight initialisation leaves alone; nothing else differs."""
+
+
+def keep_timm_norms(module: nn.Module) -> None:
+    """Retype every plain ``nn.BatchNorm2d`` inside ``module`` to :class:`TimmBatchNorm2d`, in place."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = TimmBatchNorm2d
+
+
+class TimmBasedBackbone(nn.Module):
+    """Base of the multi-output backbones built from timm: call :meth:`_finish_init` at the end of ``__init__``."""
+
+    fused: bool = False
+    load_report: LoadReport | None = None
+
+    def _finish_init(self, net: nn.Module, pretrained: str | Path | None) -> None:
+        """Keep timm's BatchNorm settings in ``net``, then load ``pretrained`` (a local file) if given."""
+        keep_timm_norms(net)
+        self.fused = False
+        self.load_report = self.load(pretrained) if pretrained else None
+
+    def load(self, path: str | Path) -> LoadReport:
+        """Load a local weights file (all tensors validated first, or nothing; see ``plugins.weights``)."""
+        if self.fused:
+            raise RuntimeError(f"{type(self).__name__}: load weights before fuse(); fused layers have no BatchNorm")
+        return self._load(path)
+
+    def _load(self, path: str | Path) -> LoadReport:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        """Pickle without the load report: checkpoints keep tensors and plain attributes only (no Path objects)."""
+        return {**super().__getstate__(), "load_report": None}
