@@ -57,7 +57,8 @@ class Layer:
 Rule = Callable[[Layer], None]
 
 
-def _single_input(layer: Layer) -> int:
+def single_input(layer: Layer) -> int:
+    """The input channels of a block that takes one feature map; a clear layer error for a list or multi-output."""
     c1 = layer.c1
     if isinstance(layer.f, list) or isinstance(c1, list):
         src = layer.f if isinstance(layer.f, list) else f"layer {layer.f} (a multi-output layer, use Pick)"
@@ -73,7 +74,7 @@ def conv(repeat_arg: bool = False) -> Rule:
     """
 
     def rule(layer: Layer) -> None:
-        c1 = _single_input(layer)
+        c1 = single_input(layer)
         if not layer.args or not isinstance(layer.args[0], int):
             raise layer.fail(f"args[0] must be the output channels (an int), got {layer.args!r}")
         layer.c2 = layer.scaled(layer.args[0])
@@ -88,7 +89,7 @@ def conv(repeat_arg: bool = False) -> Rule:
 
 def same(layer: Layer) -> None:
     """Channel-preserving: input channels are injected first, output = input."""
-    layer.c2 = _single_input(layer)
+    layer.c2 = single_input(layer)
     layer.args = [layer.c2, *layer.args]
 
 
@@ -98,7 +99,7 @@ def multi_output(layer: Layer) -> None:
     The class must provide ``feature_info_for(*args, in_chans=...) -> (channels, strides)`` (a classmethod);
     the module's own ``.channels`` are checked against it after construction.
     """
-    c1 = _single_input(layer)
+    c1 = single_input(layer)
     cls = layer.module
     try:
         bound = inspect.signature(cls).bind(*layer.args)

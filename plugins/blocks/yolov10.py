@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ultralytics.nn.modules.block import CIB, PSA, C2fCIB, RepVGGDW, SCDown
 
-from ..channels import RULES, Layer
+from ..channels import RULES, Layer, single_input
 from ..errors import LayerError
 from ..hook import check
 from ..registry import teach
@@ -29,9 +29,7 @@ def repvggdw_channels(layer: Layer) -> None:
     A typed count is accepted if it equals the input channels either as written or after the YAML's width scaling
     (so ``[256]`` after a 256-channel layer works at every scale).
     """
-    c1 = layer.c1
-    if isinstance(layer.f, list) or isinstance(c1, list):
-        raise layer.fail(f"takes one input feature map, got from={layer.f!r}")
+    c1 = single_input(layer)
     if len(layer.args) > 1:
         raise layer.fail(f"args must be [] (channels inferred) or [channels], got {layer.args!r}")
     if layer.args:
