@@ -1,6 +1,6 @@
 """Shapes: a seeded, generated object-detection data set in the Ultralytics format (nothing is downloaded).
 
-Six classes of filled shapes (circle, square, triangle, star, cross, ring) of 8 px to half the image, rotated,
+Six classes of filled shapes (circle, square, triangle, star, cross, ring) of about 14 px to half the image, rotated,
 overlapping (each object keeps at least half of its pixels visible), among clutter that belongs to no class (lines,
 arcs, dots, outlines, blurred blobs), on gradient, stripe, checker and noise backgrounds, at varied image sizes and
 aspect ratios. Boxes are the tight boxes of each object's visible pixels.
@@ -27,6 +27,7 @@ CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val", "test")
 MIN_VISIBLE = 0.5  # an object keeps at least this fraction of its pixels when later objects overlap it
 JPEG_QUALITY = 90
+MIN_RADIUS = 7.0  # px: the smallest objects are about 14 px across before the border or overlaps cut them
 
 
 def generate(
@@ -36,7 +37,7 @@ def generate(
     n_test: int = 100,
     imgsz: int = 320,
     seed: int = 0,
-    max_objects: int = 8,
+    max_objects: int = 6,
 ) -> Path:
     """Write the data set under ``root`` (``images/<split>/*.jpg``, ``labels/<split>/*.txt``) and return ``root``.
 
@@ -91,7 +92,7 @@ def render(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
     w = int(imgsz * rng.uniform(0.6, 1.0))
     h = int(imgsz * rng.uniform(0.6, 1.0))
     image = background(rng, h, w)
-    for _ in range(int(rng.integers(0, 6))):  # clutter under the objects
+    for _ in range(int(rng.integers(0, 4))):  # clutter under the objects
         clutter(rng, image)
     owner = np.full((h, w), -1, np.int16)  # which object owns each pixel
     areas: list[int] = []
@@ -114,7 +115,7 @@ def render(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
         owner[mask] = len(classes)
         areas.append(area)
         classes.append(c)
-    for _ in range(int(rng.integers(0, 4))):  # thin clutter over the objects
+    for _ in range(int(rng.integers(0, 3))):  # thin clutter over the objects
         clutter(rng, image, thin=True)
     labels = []
     for k, c in enumerate(classes):
@@ -154,9 +155,12 @@ def _polygon(cx: float, cy: float, radii: np.ndarray, angles: np.ndarray) -> np.
 
 
 def shape_mask(rng: np.random.Generator, c: int, h: int, w: int) -> np.ndarray:
-    """Boolean mask of one object of class ``c``: size log-uniform from 4 px radius to a quarter of the short side."""
-    r = float(np.exp(rng.uniform(np.log(4), np.log(max(5.0, min(h, w) / 4)))))
-    cx, cy = rng.uniform(0, w), rng.uniform(0, h)  # may be cut by the image border
+    """Boolean mask of one object of class ``c``: radius log-uniform from ``MIN_RADIUS`` to a quarter of the short
+    side, its centre at least a quarter of the radius inside the image (the border never leaves only a sliver)."""
+    r = float(np.exp(rng.uniform(np.log(MIN_RADIUS), np.log(max(MIN_RADIUS + 1.0, min(h, w) / 4)))))
+    inset = 0.25 * r  # the centre stays this far inside, so the border never leaves just a sliver of an object
+    cx = rng.uniform(min(inset, w / 2), max(w - inset, w / 2))
+    cy = rng.uniform(min(inset, h / 2), max(h - inset, h / 2))
     rot = rng.uniform(0, 2 * np.pi)
     m = np.zeros((h, w), np.uint8)
     name = CLASSES[c]
