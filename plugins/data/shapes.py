@@ -1,6 +1,6 @@
 """Shapes: a seeded, generated object-detection data set in the Ultralytics format (nothing is downloaded).
 
-Six classes of filled shapes (circle, square, triangle, star, cross, ring) of about 14 px to half the image, rotated,
+Six classes of filled shapes (circle, square, triangle, star, cross, ring) of about 20 px to half the image, rotated,
 overlapping (each object keeps at least half of its pixels visible), among clutter that belongs to no class (lines,
 arcs, dots, outlines, blurred blobs), on gradient, stripe, checker and noise backgrounds, at varied image sizes and
 aspect ratios. Boxes are the tight boxes of each object's visible pixels.
@@ -27,7 +27,7 @@ CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val", "test")
 MIN_VISIBLE = 0.5  # an object keeps at least this fraction of its pixels when later objects overlap it
 JPEG_QUALITY = 90
-MIN_RADIUS = 7.0  # px: the smallest objects are about 14 px across before the border or overlaps cut them
+MIN_RADIUS = 10.0  # px: the smallest objects are about 20 px across before the border or overlaps cut them
 
 
 def generate(
@@ -129,18 +129,19 @@ def render(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A gradient, stripe, checker or smooth-noise background, BGR uint8."""
     kind = int(rng.integers(4))
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c0 = rng.uniform(0, 255, 3)
+    c1 = (c0 + rng.uniform(-90, 90, 3)).clip(0, 255)  # a background of moderate contrast
     if kind == 0:  # linear gradient at a random angle
         a = rng.uniform(0, np.pi)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         t = xx * np.cos(a) + yy * np.sin(a)
         t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
     elif kind == 1:  # stripes
-        a, period = rng.uniform(0, np.pi), rng.uniform(6, 40)
+        a, period = rng.uniform(0, np.pi), rng.uniform(12, 48)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         t = 0.5 + 0.5 * np.sin((xx * np.cos(a) + yy * np.sin(a)) * 2 * np.pi / period)
     elif kind == 2:  # checker
-        cell = int(rng.integers(8, 48))
+        cell = int(rng.integers(16, 64))
         yy, xx = np.mgrid[0:h, 0:w]
         t = (((yy // cell) + (xx // cell)) % 2).astype(np.float32) * rng.uniform(0.2, 0.6)
     else:  # smooth noise
