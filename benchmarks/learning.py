@@ -1,16 +1,18 @@
 """Learning benchmark: one training recipe on the embedded shapes set, for the default model and three references.
 
-    python benchmarks/learning.py [models=rtdetr-effvit,yolov10-effvit,rtdetr-l,yolov10n]
+    python benchmarks/learning.py [models=rtdetr-effvit,yolov10-effvit,rtdetr-l,yolov10n] [jobs=1] [limit=MINUTES]
                                   [out=runs/learning/learning.md] [any yolo train override, e.g. epochs=5]
 
 Each model is trained with the stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is
-generated on first use), one after the other, with the same recipe (``RECIPE`` below; overrides on the command line
-apply to every model). The script prints and writes a Markdown table: final-epoch val mAP50 and mAP50-95, best
-mAP50, wall minutes, epochs, and the machine's load average before and after each run (other processes on the machine
-inflate the minutes), followed by the exact command lines.
+generated on first use) with the same recipe (``RECIPE`` below; overrides on the command line apply to every model).
+The script prints and writes a Markdown table: final-epoch val mAP50 and mAP50-95, best mAP50, wall minutes, epochs,
+and the machine's load average before and after each run (other processes on the machine inflate the minutes),
+followed by the exact command lines.
 
-Expect about an hour per RT-DETR model on 2 idle CPU cores with the default recipe (Ultralytics trains with
-``cpu_count - 1`` torch threads, one thread on a 2-core machine).
+``jobs=2`` trains two models at a time: on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread
+and the recipe loads data in the training process (``workers=0``), so two runs share the machine without slowing each
+other much. ``limit=60`` stops a run that is still training after 60 minutes; its row then shows the epochs it
+finished and the validation of the last one (the learning-rate schedule is the recipe's, only cut short).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +55,9 @@ RECIPE = {
 }
 
 
-def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str]]:
-    """``models=``, ``out=`` and yolo overrides from ``key=value`` arguments."""
-    models, out, overrides = list(MODELS), ROOT / "runs" / "learning" / "learning.md", {}
+def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float | None]:
+    """``models=``, ``out=``, ``jobs=``, ``limit=`` and yolo overrides from ``key=value`` arguments."""
+    models, out, overrides, jobs, limit = list(MODELS), ROOT / "runs" / "learning" / "learning.md", {}, 1, None
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -66,9 +69,13 @@ def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str]]:
                 raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
         elif key == "out":
             out = Path(value)
+        elif key == "jobs":
+            jobs = int(value)
+        elif key == "limit":
+            limit = float(value)
         else:
             overrides[key] = value
-    return models, out, overrides
+    return models, out, overrides, jobs, limit
 
 
 def command(model: str, project: Path, overrides: dict[str, str]) -> list[str]:
@@ -90,27 +97,38 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
 
 
-def train(model: str, project: Path, overrides: dict[str, str]) -> dict:
-    """Train one model; return its row of the table."""
+def train(model: str, project: Path, overrides: dict[str, str], limit: float | None = None) -> dict:
+    """Train one model (stopped after ``limit`` minutes if given); return its row of the table."""
     cmd = command(model, project, overrides)
     print("$", shlex.join(cmd), flush=True)
     before, t = load(), time.perf_counter()
     log = project / f"{model}.log"
+    stopped = False
     with open(log, "w") as f:
-        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            p.wait(timeout=None if limit is None else limit * 60)
+        except subprocess.TimeoutExpired:
+            stopped = True
+            p.terminate()
+            p.wait()
     minutes = (time.perf_counter() - t) / 60
     row = {"model": model, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
     results = project / model / "results.csv"
-    if p.returncode != 0 or not results.exists():
+    if (p.returncode != 0 and not stopped) or not results.exists():
         return {**row, "error": f"exit {p.returncode}, see {log}"}
     with open(results) as f:
         rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+    if not rows:
+        return {**row, "error": f"stopped at {limit:g} min before the first epoch ended"}
+    planned = int({**RECIPE, **overrides}["epochs"])
     return {
         **row,
-        "epochs": len(rows),
+        "epochs": f"{len(rows)} of {planned}, stopped at {limit:g} min" if stopped else str(len(rows)),
         "mAP50": float(rows[-1]["metrics/mAP50(B)"]),
         "mAP50-95": float(rows[-1]["metrics/mAP50-95(B)"]),
         "best mAP50": max(float(r["metrics/mAP50(B)"]) for r in rows),
+        "curve": " ".join(f"{float(r['metrics/mAP50(B)']):.3f}" for r in rows),
     }
 
 
@@ -128,20 +146,27 @@ def table(rows: list[dict]) -> str:
                 f"| {r['model']} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['best mAP50']:.3f} | "
                 f"{r['minutes']:.1f} | {r['epochs']} | {r['load']} |"
             )
+    lines += ["", "Val mAP50 per epoch:", ""]
+    lines += [f"- {r['model']}: {r['curve']}" for r in rows if "curve" in r]
     lines += ["", "Commands:", "", "```bash", *(r["cmd"] for r in rows), "```", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
-    """Run the benchmark for the chosen models and write the table."""
-    models, out, overrides = parse(argv)
+    """Run the benchmark for the chosen models (``jobs`` at a time) and write the table."""
+    models, out, overrides, jobs, limit = parse(argv)
     project = out.parent.resolve()
     project.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for model in models:
-        rows.append(train(model, project, overrides))
-        text = table(rows)
-        out.write_text(text)  # after every model, so a long run that is stopped keeps what it measured
+    done: dict[str, dict] = {}
+
+    def run(model: str) -> None:
+        done[model] = train(model, project, overrides, limit)
+        out.write_text(table([done[m] for m in models if m in done]))  # a stopped benchmark keeps what it measured
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run, models))
+    text = table([done[m] for m in models])
+    out.write_text(text)
     print(text)
     print(f"written to {out}")
 
