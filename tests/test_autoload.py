@@ -81,7 +81,7 @@ def test_yolo_cli_predicts_with_a_plugin_yaml(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("importable", [True, False])
 def test_pth_line_is_quiet_when_the_package_is_gone(tmp_path, importable):
-    """The .pth line runs at every interpreter start; a removed checkout of an editable install must not print errors."""
+    """The .pth line runs at every interpreter start; a deleted editable checkout must not print errors there."""
     line = (Path(__file__).parents[1] / "plugins" / "_autoload" / "yolo_plugins.pth").read_text().strip()
     code = f"import sys\n{line}\nprint('plugins._autoload.startup' in sys.modules)"
     env = {"PYTHONPATH": str(Path(__file__).parents[1]) if importable else ""}
