@@ -40,10 +40,10 @@ MODELS = {
 # (0.1 by default, meant for SGD), and no mosaic (it shrinks the already small objects).
 RECIPE = {
     "data": "cfg/datasets/shapes.yaml",
-    "imgsz": 256,
-    "epochs": 18,
-    "batch": 8,
-    "nbs": 8,
+    "imgsz": 224,
+    "epochs": 30,
+    "batch": 4,
+    "nbs": 4,
     "optimizer": "AdamW",
     "lr0": 0.001,
     "warmup_epochs": 1,
