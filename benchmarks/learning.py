@@ -2,12 +2,14 @@
 
     python benchmarks/learning.py [models=rtdetr-effvit,yolov10-effvit,rtdetr-l,yolov10n] [jobs=1] [limit=MINUTES]
                                   [out=runs/learning/learning.md] [any yolo train override, e.g. epochs=5]
+    python benchmarks/learning.py plot_only=1   # redraw learning.png from the runs already in runs/learning
 
 Each model is trained with the stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is
 generated on first use) with the same recipe (``RECIPE`` below; overrides on the command line apply to every model).
 The script prints and writes a Markdown table: final-epoch val mAP50 and mAP50-95, best mAP50, wall minutes, epochs,
 and the machine's load average before and after each run (other processes on the machine inflate the minutes),
-followed by the exact command lines.
+followed by the exact command lines, and plots val mAP50 against training minutes for every model trained so far in
+the output folder (``learning.png`` beside the table).
 
 ``jobs=2`` trains two models at a time: on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread
 and the recipe loads data in the training process (``workers=0``), so two runs share the machine without slowing each
@@ -55,9 +57,10 @@ RECIPE = {
 }
 
 
-def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float | None]:
-    """``models=``, ``out=``, ``jobs=``, ``limit=`` and yolo overrides from ``key=value`` arguments."""
+def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float | None, bool]:
+    """``models=``, ``out=``, ``jobs=``, ``limit=``, ``plot_only=`` and yolo overrides from ``key=value`` arguments."""
     models, out, overrides, jobs, limit = list(MODELS), ROOT / "runs" / "learning" / "learning.md", {}, 1, None
+    plot_only = False
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -73,9 +76,11 @@ def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float 
             jobs = int(value)
         elif key == "limit":
             limit = float(value)
+        elif key == "plot_only":
+            plot_only = value.lower() not in {"0", "false", "no"}
         else:
             overrides[key] = value
-    return models, out, overrides, jobs, limit
+    return models, out, overrides, jobs, limit, plot_only
 
 
 def command(model: str, project: Path, overrides: dict[str, str]) -> list[str]:
@@ -152,11 +157,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(project: Path, path: Path) -> list[str]:
+    """Val mAP50 against wall minutes for every model with a ``results.csv`` under ``project``; the models drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = []
+    for model in MODELS:
+        results = project / model / "results.csv"
+        if not results.exists():
+            continue
+        with open(results) as f:
+            rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+        if rows:
+            minutes = [float(r["time"]) / 60 for r in rows]
+            ax.plot(minutes, [float(r["metrics/mAP50(B)"]) for r in rows], marker=".", label=model)
+            drawn.append(model)
+    ax.set(xlabel="training minutes (wall, including validation)", ylabel="val mAP50", title="Learning on shapes")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def main(argv: list[str]) -> None:
-    """Run the benchmark for the chosen models (``jobs`` at a time) and write the table."""
-    models, out, overrides, jobs, limit = parse(argv)
+    """Run the benchmark for the chosen models (``jobs`` at a time), write the table and the plot."""
+    models, out, overrides, jobs, limit, plot_only = parse(argv)
     project = out.parent.resolve()
     project.mkdir(parents=True, exist_ok=True)
+    if plot_only:
+        print(f"plotted {plot(project, out.with_suffix('.png'))} to {out.with_suffix('.png')}")
+        return
     done: dict[str, dict] = {}
 
     def run(model: str) -> None:
@@ -168,7 +205,8 @@ def main(argv: list[str]) -> None:
     text = table([done[m] for m in models])
     out.write_text(text)
     print(text)
-    print(f"written to {out}")
+    plot(project, out.with_suffix(".png"))
+    print(f"written to {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
