@@ -102,6 +102,12 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}"
 
 
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of an Ultralytics ``results.csv`` (one per epoch), keys and values stripped of padding."""
+    with open(path) as f:
+        return [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def train(model: str, project: Path, overrides: dict[str, str], limit: float | None = None) -> dict:
     """Train one model (stopped after ``limit`` minutes if given); return its row of the table."""
     cmd = command(model, project, overrides)
@@ -122,8 +128,7 @@ def train(model: str, project: Path, overrides: dict[str, str], limit: float | N
     results = project / model / "results.csv"
     if (p.returncode != 0 and not stopped) or not results.exists():
         return {**row, "error": f"exit {p.returncode}, see {log}"}
-    with open(results) as f:
-        rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = read_results(results)
     if not rows:
         return {**row, "error": f"stopped at {limit:g} min before the first epoch ended"}
     planned = int({**RECIPE, **overrides}["epochs"])
@@ -168,10 +173,7 @@ def plot(project: Path, path: Path) -> list[str]:
     drawn = []
     for model in MODELS:
         results = project / model / "results.csv"
-        if not results.exists():
-            continue
-        with open(results) as f:
-            rows = [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = read_results(results) if results.exists() else []
         if rows:
             minutes = [float(r["time"]) / 60 for r in rows]
             ax.plot(minutes, [float(r["metrics/mAP50(B)"]) for r in rows], marker=".", label=model)
