@@ -82,9 +82,9 @@ def test_yolo_cli_predicts_with_a_plugin_yaml(tiny_data, tmp_path):
 @pytest.mark.parametrize("importable", [True, False])
 def test_pth_line_is_quiet_when_the_package_is_gone(tmp_path, importable):
     """The .pth line runs at every interpreter start; a deleted editable checkout must not print errors there."""
-    line = (Path(__file__).parents[1] / "plugins" / "_autoload" / "yolo_plugins.pth").read_text().strip()
+    line = (TESTS.parent / "plugins" / "_autoload" / "yolo_plugins.pth").read_text().strip()
     code = f"import sys\n{line}\nprint('plugins._autoload.startup' in sys.modules)"
-    env = {"PYTHONPATH": str(Path(__file__).parents[1]) if importable else ""}
+    env = {"PYTHONPATH": str(TESTS.parent) if importable else ""}
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == str(importable)

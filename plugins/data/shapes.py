@@ -159,7 +159,7 @@ def shape_mask(rng: np.random.Generator, c: int, h: int, w: int) -> np.ndarray:
     """Boolean mask of one object of class ``c``: radius log-uniform from ``MIN_RADIUS`` to a quarter of the short
     side, its centre at least a quarter of the radius inside the image (the border never leaves only a sliver)."""
     r = float(np.exp(rng.uniform(np.log(MIN_RADIUS), np.log(max(MIN_RADIUS + 1.0, min(h, w) / 4)))))
-    inset = 0.25 * r  # the centre stays this far inside, so the border never leaves just a sliver of an object
+    inset = 0.25 * r
     cx = rng.uniform(min(inset, w / 2), max(w - inset, w / 2))
     cy = rng.uniform(min(inset, h / 2), max(h - inset, h / 2))
     rot = rng.uniform(0, 2 * np.pi)
