@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_table import CFG, Row, markdown, measure  # noqa: E402
 
-import plugins  # noqa: E402
+import yolo_plugins  # noqa: E402
 
 MAX_GFLOPS_N, MAX_PARAMS_N = 8.0, 5_000_000
 FAMILY = "rtdetr-v10"
@@ -38,7 +38,7 @@ def rtdetr_yamls() -> list[Path]:
 
 def main() -> int:
     """Measure, print a table and a verdict per target; exit 1 if any target is missed."""
-    plugins.activate()
+    yolo_plugins.activate()
     stock = measure("rtdetr-l.yaml")
     smallest_n: list[Row] = [measure(p, "n") for p in rtdetr_yamls()]
     from ultralytics.nn.tasks import yaml_model_load

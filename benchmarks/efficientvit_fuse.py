@@ -17,7 +17,7 @@ import time
 import thop
 import torch
 
-from plugins import EfficientViT
+from yolo_plugins import EfficientViT
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, runs: int) -> tuple[int, int, float, float]:

@@ -8,7 +8,7 @@ GFLOPs are Ultralytics' own counter (``ultralytics.utils.torch_utils.get_flops``
 as built (what training runs and ``model.info()`` prints) and after the engine's ``model.fuse()`` (what inference and
 export run: BN folded, RepVGGDW/RepConv re-parameterised, YOLOv10's one-to-many head dropped). ``--latency N``
 adds the median CPU latency of the fused model (batch 1, 640x640, N timed runs after one warm-up), timed by the
-profiling tool (``plugins.profile.sweep.latency_ms``).
+profiling tool (``yolo_plugins.profile.sweep.latency_ms``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import plugins
+import yolo_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "cfg" / "models"
@@ -69,7 +69,7 @@ def measure(path: str | Path, scale: str | None = None, runs: int = 0) -> Row:
     model.fuse(verbose=False)
     latency = None
     if runs > 0:
-        from plugins.profile.sweep import latency_ms
+        from yolo_plugins.profile.sweep import latency_ms
 
         latency = latency_ms(model, IMGSZ, runs=runs, warmup=1)
     stem = Path(str(path)).stem
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-stock", action="store_true", help="leave out the stock reference models")
     parser.add_argument("--latency", type=int, default=0, metavar="RUNS", help="time the fused models (RUNS runs)")
     args = parser.parse_args(argv)
-    plugins.activate()
+    yolo_plugins.activate()
     rows = zoo_rows(runs=args.latency) + ([] if args.no_stock else stock_rows(args.latency))
     flags = f"--latency {args.latency} " if args.latency else ""
     header = (

@@ -9,13 +9,13 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import plugins  # noqa: E402
+import yolo_plugins  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _active():
     """Every test runs with the plugin active."""
-    plugins.activate()
+    yolo_plugins.activate()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
 

@@ -23,7 +23,7 @@ def randomise_bn(module: nn.Module, seed: int = 0) -> None:
 
 def tiny_shapes(root: Path, imgsz: int = 64) -> Path:
     """A tiny generated detection set (8 train, 4 val, 2 test images) under ``root``; returns its data YAML."""
-    from plugins.data.shapes import CLASSES, generate
+    from yolo_plugins.data.shapes import CLASSES, generate
 
     root = generate(root, n_train=8, n_val=4, n_test=2, imgsz=imgsz, seed=0)
     names = "".join(f"  {i}: {c}\n" for i, c in enumerate(CLASSES))

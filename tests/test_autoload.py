@@ -24,23 +24,60 @@ def py(code: str, **env: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-c", code], **env)
 
 
+OURS = ("torch", "ultralytics", "timm", "yolo_plugins", "yolo_plugins_autoload", "plugins")
+MODULES = f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS}))"
+
+
 def test_startup_hook_is_installed_and_imports_nothing_heavy():
-    r = py("import sys; print(sorted(m for m in ('torch', 'ultralytics', 'timm', 'plugins') if m in sys.modules))")
+    r = py(f"import sys; {MODULES}")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "['plugins']"  # only the tiny start-up module's package, no torch
+    assert r.stdout.strip() == "['yolo_plugins_autoload']"  # only the tiny stdlib-only start-up module
+
+
+def test_autoload_off_imports_nothing_of_ours_at_startup():
+    r = py(f"import sys; {MODULES}", YOLO_PLUGINS_AUTOLOAD="0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("autoload", ["1", "0"])
+def test_a_users_own_plugins_package_is_what_their_app_imports(tmp_path, autoload):
+    """A very common package name: an app's own ``plugins/`` must win, with the hook on and off."""
+    app = tmp_path / "app"
+    (app / "plugins").mkdir(parents=True)
+    (app / "plugins" / "__init__.py").write_text("MINE = True\n")
+    (app / "app.py").write_text(
+        "import plugins\nimport ultralytics  # activates yolo-plugins when autoloading is on\n"
+        "import sys\nprint(plugins.__file__, getattr(plugins, 'MINE', False), 'yolo_plugins' in sys.modules)\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_PLUGINS_") and k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "app.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=app,
+        env={**base, "YOLO_OFFLINE": "1", "YOLO_PLUGINS_AUTOLOAD": autoload},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    path, mine, ours = r.stdout.split()[-3:]
+    assert Path(path) == app / "plugins" / "__init__.py" and mine == "True"
+    assert ours == ("True" if autoload == "1" else "False")
 
 
 def test_importing_ultralytics_activates_the_plugin():
-    r = py("import ultralytics, plugins; from ultralytics.nn import tasks; print(plugins.is_active(), tasks.Pick)")
+    r = py(
+        "import ultralytics, yolo_plugins as yp; from ultralytics.nn import tasks; print(yp.is_active(), tasks.Pick)"
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[0] == "True" and "plugins.blocks.pick.Pick" in r.stdout
+    assert r.stdout.split()[0] == "True" and "yolo_plugins.blocks.pick.Pick" in r.stdout
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
 def test_autoload_off_keeps_ultralytics_stock(value):
     code = (
-        "import ultralytics, plugins, sys; from ultralytics.nn import tasks\n"
-        "print(plugins.is_active(), 'Pick' in vars(tasks), 'torch' in sys.modules)\n"
+        "import ultralytics, yolo_plugins, sys; from ultralytics.nn import tasks\n"
+        "print(yolo_plugins.is_active(), 'Pick' in vars(tasks), 'torch' in sys.modules)\n"
     )
     r = py(code, YOLO_PLUGINS_AUTOLOAD=value)
     assert r.returncode == 0, r.stderr
@@ -82,9 +119,9 @@ def test_yolo_cli_predicts_with_a_plugin_yaml(tiny_data, tmp_path):
 @pytest.mark.parametrize("importable", [True, False])
 def test_pth_line_is_quiet_when_the_package_is_gone(tmp_path, importable):
     """The .pth line runs at every interpreter start; a deleted editable checkout must not print errors there."""
-    line = (TESTS.parent / "plugins" / "_autoload" / "yolo_plugins.pth").read_text().strip()
-    code = f"import sys\n{line}\nprint('plugins._autoload.startup' in sys.modules)"
-    env = {"PYTHONPATH": str(TESTS.parent) if importable else ""}
+    line = (TESTS.parent / "plugins" / "yolo_plugins.pth").read_text().strip()
+    code = f"import sys\n{line}\nprint('yolo_plugins_autoload' in sys.modules)"
+    env = {"PYTHONPATH": str(TESTS.parent / "plugins") if importable else ""}
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == str(importable)

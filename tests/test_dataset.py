@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from plugins.data import shapes
+from yolo_plugins.data import shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_YAML = ROOT / "cfg" / "datasets" / "shapes.yaml"

@@ -16,10 +16,10 @@ import torch
 import yaml
 from torch import nn
 
-from plugins import EfficientViT
-from plugins.blocks.efficientvit import WIDTHS
-from plugins.errors import LayerError
-from plugins.weights import WeightsError
+from yolo_plugins import EfficientViT
+from yolo_plugins.blocks.efficientvit import WIDTHS
+from yolo_plugins.errors import LayerError
+from yolo_plugins.weights import WeightsError
 
 VARIANTS = list(WIDTHS)
 
@@ -413,7 +413,7 @@ def test_pickles_and_loads_in_a_fresh_process(tmp_path):
         import torch
         ck = torch.load({str(tmp_path / "ckpt.pt")!r}, weights_only=False)
         m = ck["model"]
-        assert type(m.model[0]).__module__ == "plugins.blocks.efficientvit", type(m.model[0])
+        assert type(m.model[0]).__module__ == "yolo_plugins.blocks.efficientvit", type(m.model[0])
         with torch.no_grad():
             y = m(ck["x"])[0]
         print("maxdiff", float((y - ck["y"]).abs().max()))

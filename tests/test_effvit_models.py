@@ -10,7 +10,7 @@ from torch import nn
 from ultralytics import RTDETR, YOLO
 from ultralytics.cfg import get_cfg
 
-from plugins import EfficientViT, TimmBackbone
+from yolo_plugins import EfficientViT, TimmBackbone
 
 YAMLS = ("rtdetr-effvit", "yolov10-effvit", "rtdetr-timm")
 SCALES = "nsml"

@@ -193,7 +193,7 @@ def test_torchscript_matches_pytorch(env, trained):
 
 
 def test_best_pt_reloads_in_fresh_process(env, trained, tmp_path):
-    """No ``import plugins`` in the script: the start-up hook makes the checkpoint's plugin classes loadable."""
+    """No ``import yolo_plugins`` in the script: the start-up hook makes the checkpoint's plugin classes loadable."""
     best = trained[0] / "weights" / "best.pt"
     torch.save(_input(3), tmp_path / "x.pt")
     script = textwrap.dedent(f"""
@@ -208,7 +208,7 @@ def test_best_pt_reloads_in_fresh_process(env, trained, tmp_path):
     """)
     out = run(env, [sys.executable, "-c", script], tmp_path)
     modules = json.loads(out.strip().splitlines()[-1])
-    assert any(m.startswith("plugins.") for m in modules), modules  # the model really holds plugin blocks
+    assert any(m.startswith("yolo_plugins.") for m in modules), modules  # the model really holds plugin blocks
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -11,8 +11,9 @@ import yaml
 from torch import nn
 from ultralytics.nn import tasks
 
-import plugins
-from plugins import hook, registry
+import yolo_plugins
+from yolo_plugins import hook, registry
+from yolo_plugins.errors import LayerError
 
 STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
 STOCK_YAMLS = sorted(p for d in ("rt-detr", "v10", "v8", "11") for p in (STOCK / d).glob("*.yaml"))
@@ -65,7 +66,7 @@ class TwoScales(nn.Module):
         return [a, self.b(a)]
 
 
-def sum_rule(layer: plugins.Layer) -> None:
+def sum_rule(layer: yolo_plugins.Layer) -> None:
     """Custom rule: add the channels of all inputs."""
     layer.c2 = sum(layer.c1)
     layer.args = [layer.c1, *layer.args]
@@ -95,12 +96,12 @@ class Fussy(nn.Module):
 
 @pytest.fixture(scope="module", autouse=True)
 def test_blocks():
-    plugins.register("Fussy", rule="same")(Fussy)
-    plugins.register("ConvLike", rule="conv")(ConvLike)
-    plugins.register("RepeatArg", rule="conv_repeat")(RepeatArg)
-    plugins.register("Keep", rule="same")(Keep)
-    plugins.register("TwoScales", rule="multi_output")(TwoScales)
-    plugins.register("SumProj", rule=sum_rule)(SumProj)
+    yolo_plugins.register("Fussy", rule="same")(Fussy)
+    yolo_plugins.register("ConvLike", rule="conv")(ConvLike)
+    yolo_plugins.register("RepeatArg", rule="conv_repeat")(RepeatArg)
+    yolo_plugins.register("Keep", rule="same")(Keep)
+    yolo_plugins.register("TwoScales", rule="multi_output")(TwoScales)
+    yolo_plugins.register("SumProj", rule=sum_rule)(SumProj)
     yield
     for name in ("Fussy", "ConvLike", "RepeatArg", "Keep", "TwoScales", "SumProj"):
         registry.unregister(name)
@@ -153,15 +154,15 @@ def test_channel_rules_in_a_yaml(scale, c3):
 def test_pick_and_index_errors_name_the_layer():
     cfg = yaml.safe_load(TINY.format(scale="s"))
     cfg["backbone"][1] = [0, 1, "Pick", [2]]
-    with pytest.raises(plugins.LayerError, match=r"layer 1: Pick: index 2 out of range: layer 0 has 2 outputs"):
+    with pytest.raises(yolo_plugins.LayerError, match=r"layer 1: Pick: index 2 out of range: layer 0 has 2 outputs"):
         build(cfg)
     cfg["backbone"][1] = [0, 1, "Index", [15, 0]]  # the host's Index with a wrong typed channel count
-    with pytest.raises(plugins.LayerError, match=r"layer 1: Index: typed 15 channels but output 0 .* has 16"):
+    with pytest.raises(yolo_plugins.LayerError, match=r"layer 1: Index: typed 15 channels but output 0 .* has 16"):
         build(cfg)
     cfg["backbone"][1] = [0, 1, "Index", [16, 0]]  # the right count builds, like Pick
     assert build(cfg).model[3].conv.in_channels == 16
     cfg["backbone"][3] = [0, 1, "ConvLike", [64, 3, 2]]  # a single-input block fed the list
-    with pytest.raises(plugins.LayerError, match=r"layer 3: ConvLike: takes one input .*multi-output layer, use Pick"):
+    with pytest.raises(LayerError, match=r"layer 3: ConvLike: takes one input .*multi-output layer, use Pick"):
         build(cfg)
 
 
@@ -183,7 +184,7 @@ def test_path_like_string_args_reach_plugin_blocks(path):
 def test_unknown_module_names_layer_and_suggestions():
     cfg = yaml.safe_load(TINY.format(scale="s"))
     cfg["backbone"][3] = [1, 1, "Convlike", [64]]
-    with pytest.raises(plugins.UnknownModuleError) as e:
+    with pytest.raises(yolo_plugins.UnknownModuleError) as e:
         build(cfg)
     assert str(e.value) == "layer 3: unknown module 'Convlike' — did you mean 'ConvLike'?"
     assert isinstance(e.value, KeyError)  # still what callers of the stock parser catch
@@ -192,7 +193,7 @@ def test_unknown_module_names_layer_and_suggestions():
 def test_per_scale_args_missing_scale_is_a_layer_error():
     cfg = yaml.safe_load(TINY.format(scale="n"))
     cfg["backbone"][3] = [1, 1, "ConvLike", [{"s": 64}, 3, 2]]
-    with pytest.raises(plugins.LayerError, match=r"layer 3: ConvLike: per-scale argument .* no value for scale 'n'"):
+    with pytest.raises(LayerError, match=r"layer 3: ConvLike: per-scale argument .* no value for scale 'n'"):
         build(cfg)
 
 
@@ -242,13 +243,13 @@ def _stock_model(cfg: dict) -> nn.Module:
 def test_stock_models_stay_stock(path):
     """Same state-dict keys, shapes and (same seed, eval) outputs with and without the plugin."""
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    plugins.deactivate()
+    yolo_plugins.deactivate()
     try:
         stock = _stock_model(_stock_cfg(path))
         with torch.no_grad():
             y_stock = _flat(stock(x))
     finally:
-        plugins.activate()
+        yolo_plugins.activate()
     model = _stock_model(_stock_cfg(path))
     with torch.no_grad():
         y = _flat(model(x))
@@ -262,12 +263,12 @@ def test_activate_is_idempotent_and_deactivate_restores_originals():
     from ultralytics import nn as unn
     from ultralytics.engine import model as emodel
 
-    plugins.activate()
+    yolo_plugins.activate()
     patched = tasks.parse_model
-    plugins.activate()
+    yolo_plugins.activate()
     assert tasks.parse_model is patched
     originals = hook._state["originals"]
-    plugins.deactivate()
+    yolo_plugins.deactivate()
     try:
         for (owner, attr), value in originals.items():
             assert getattr(owner, attr) is value if not isinstance(owner, type) else owner.__dict__[attr] is value
@@ -276,15 +277,15 @@ def test_activate_is_idempotent_and_deactivate_restores_originals():
         assert hook.DISPATCH not in tasks.__dict__ and "Pick" not in tasks.__dict__
         with pytest.raises(KeyError):  # stock behaviour: a bare KeyError for a plugin name
             build(yaml.safe_load(TINY.format(scale="s")))
-        plugins.deactivate()  # a second call is harmless
+        yolo_plugins.deactivate()  # a second call is harmless
     finally:
-        plugins.activate()
-    assert tasks.__dict__["Pick"] is plugins.Pick
+        yolo_plugins.activate()
+    assert tasks.__dict__["Pick"] is yolo_plugins.Pick
 
 
 def test_unsupported_host_is_refused_with_version_and_range(monkeypatch):
     """A parse_model without the expected channel chain: activation refuses and leaves nothing patched."""
-    plugins.deactivate()
+    yolo_plugins.deactivate()
     try:
         before = dict(tasks.__dict__)
 
@@ -292,16 +293,16 @@ def test_unsupported_host_is_refused_with_version_and_range(monkeypatch):
             return nn.Sequential(), []
 
         monkeypatch.setattr(tasks, "parse_model", parse_model)
-        with pytest.raises(plugins.HostVersionError) as e:
-            plugins.activate()
+        with pytest.raises(yolo_plugins.HostVersionError) as e:
+            yolo_plugins.activate()
         msg = str(e.value)
         assert f"ultralytics {ultralytics.__version__}" in msg and "supported: ultralytics>=8.4,<8.5" in msg
         assert "YOLO_PLUGINS_AUTOLOAD=0" in msg
-        assert not plugins.is_active() and tasks.parse_model is parse_model
+        assert not yolo_plugins.is_active() and tasks.parse_model is parse_model
         assert set(tasks.__dict__) == set(before)
     finally:
         monkeypatch.undo()
-        plugins.activate()
+        yolo_plugins.activate()
 
 
 def test_dispatch_leaves_stock_layers_alone():

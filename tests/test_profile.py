@@ -15,11 +15,11 @@ import torch
 from ultralytics.nn.tasks import RTDETRDetectionModel, yaml_model_load
 from ultralytics.utils.torch_utils import get_flops
 
-from plugins.profile import count, table
-from plugins.profile.__main__ import main as profile_main
-from plugins.profile.counting import msdeform_attn_macs
-from plugins.profile.roles import analyse
-from plugins.profile.variants import variants
+from yolo_plugins.profile import count, table
+from yolo_plugins.profile.__main__ import main as profile_main
+from yolo_plugins.profile.counting import msdeform_attn_macs
+from yolo_plugins.profile.roles import analyse
+from yolo_plugins.profile.variants import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 R50 = "rtdetr-resnet50.yaml"
@@ -215,7 +215,7 @@ def test_plugin_yamls_get_roles_and_every_variant(cfg):
     path = ROOT / "cfg" / "models" / cfg
     if not path.is_file():
         pytest.skip(f"{cfg} is not in this checkout")
-    from plugins.profile.__main__ import load_model
+    from yolo_plugins.profile.__main__ import load_model
 
     model = load_model(str(path))
     info = analyse(model)
@@ -245,8 +245,8 @@ def test_plugin_yamls_get_roles_and_every_variant(cfg):
 
 
 def test_sweep_validates_only_variants_that_need_no_retraining(tmp_path):
-    from plugins.data.shapes import generate
-    from plugins.profile import sweep
+    from yolo_plugins.data.shapes import generate
+    from yolo_plugins.profile import sweep
 
     root = generate(tmp_path / "shapes", n_train=1, n_val=2, n_test=0, imgsz=128)
     data = tmp_path / "shapes.yaml"
@@ -274,7 +274,7 @@ def _cli(cmd: list[str]) -> dict:
 
 
 def test_cli_module_and_console_script():
-    a = _cli([sys.executable, "-m", "plugins.profile"])
+    a = _cli([sys.executable, "-m", "yolo_plugins.profile"])
     assert a["variants"][0]["variant"] == "baseline" and a["variants"][0]["params"] == 32970476
     exe = shutil.which("yolo-plugins")
     assert exe, "console script yolo-plugins is not installed (pip install -e .)"
@@ -285,12 +285,12 @@ def test_cli_module_and_console_script():
 
 
 def test_console_script_list_and_usage(capsys):
-    from plugins.cli import main
+    from yolo_plugins.cli import main
 
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "class", "source", "rule", "fuse"]
-    assert any(line.split()[:3] == ["Pick", "plugins.blocks.pick.Pick", "yolo-plugins"] for line in lines[1:])
+    assert any(line.split()[:3] == ["Pick", "yolo_plugins.blocks.pick.Pick", "yolo-plugins"] for line in lines[1:])
     assert main(["bogus"]) == 2 and "unknown command 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown argument 'imgsize'"):
         profile_main(["model=rtdetr-l.yaml", "imgsize=320"])

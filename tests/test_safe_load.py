@@ -7,7 +7,7 @@ import torch
 import yaml
 from ultralytics.nn import tasks
 
-import plugins
+import yolo_plugins
 
 TINY = """
 nc: 2
@@ -25,12 +25,12 @@ def test_restricted_load_of_a_plugin_checkpoint(tmp_path, backbone):
     model = tasks.DetectionModel(yaml.safe_load(TINY.replace("EfficientViT, [m0]", backbone)), verbose=False).eval()
     path = tmp_path / "m.pt"
     torch.save({"model": model, "train_args": {}}, path)
-    plugins.deactivate()
+    yolo_plugins.deactivate()
     try:  # the stock restricted loader refuses the plugin's classes
         with pytest.raises(TypeError, match="references types outside the supported Ultralytics checkpoint format"):
             tasks.torch_safe_load(str(path), safe_only=True)
     finally:
-        plugins.activate()
+        yolo_plugins.activate()
     ckpt, _ = tasks.torch_safe_load(str(path), safe_only=True)
     loaded = ckpt["model"].eval()
     x = torch.rand(1, 3, 64, 64)
@@ -39,8 +39,8 @@ def test_restricted_load_of_a_plugin_checkpoint(tmp_path, backbone):
     block = type(model.model[0])
     name = f"{block.__module__}.{block.__qualname__}"
     assert name in tasks._SafeLoad._registry
-    plugins.deactivate()
+    yolo_plugins.deactivate()
     try:
         assert name not in tasks._SafeLoad._registry
     finally:
-        plugins.activate()
+        yolo_plugins.activate()

@@ -11,9 +11,9 @@ import torch
 from helpers import randomise_bn
 from torch import nn
 
-from plugins import TimmBackbone
-from plugins.errors import LayerError
-from plugins.weights import WeightsError
+from yolo_plugins import TimmBackbone
+from yolo_plugins.errors import LayerError
+from yolo_plugins.weights import WeightsError
 
 # A ResNet, a ConvNeXt, MIT's EfficientViT and two re-parameterisable families (mobileone_s0 works too, but slowly).
 FAMILIES = [

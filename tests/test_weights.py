@@ -11,8 +11,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-import plugins.hook
-from plugins.weights import LoadReport, WeightsError, load_pretrained, read_weights, resolve_weights
+import yolo_plugins.paths
+from yolo_plugins.weights import LoadReport, WeightsError, load_pretrained, read_weights, resolve_weights
 
 
 class Net(nn.Module):
@@ -58,7 +58,7 @@ def project(tmp_path, monkeypatch):
     root, cwd = tmp_path / "project", tmp_path / "cwd"
     (root / "weights").mkdir(parents=True)
     cwd.mkdir()
-    monkeypatch.setattr(plugins.hook, "project_root", lambda: root)
+    monkeypatch.setattr(yolo_plugins.paths, "project_root", lambda: root)
     monkeypatch.chdir(cwd)
     return root, cwd
 

@@ -10,8 +10,8 @@ from ultralytics.nn.modules import block as host
 from ultralytics.nn.modules.conv import RepConv
 from ultralytics.nn.tasks import DetectionModel
 
-import plugins
-from plugins.errors import LayerError
+import yolo_plugins
+from yolo_plugins.errors import LayerError
 
 SCALES = {"n": [0.33, 0.25, 1024], "s": [0.33, 0.50, 1024], "x": [1.0, 1.0, 1024]}
 
@@ -61,7 +61,7 @@ def psa(c1: int, e: float = 0.5) -> int:
 
 def test_registered_as_host_classes():
     """All five names are the host's own classes, listed with source 'ultralytics'."""
-    rows = {r["name"]: r for r in plugins.registered()}
+    rows = {r["name"]: r for r in yolo_plugins.registered()}
     for name in ("SCDown", "C2fCIB", "PSA", "RepVGGDW", "CIB"):
         assert rows[name]["source"] == "ultralytics"
         assert rows[name]["class"] == f"ultralytics.nn.modules.block.{name}"

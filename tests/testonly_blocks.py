@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import plugins
+import yolo_plugins
 
 
-@plugins.register(rule="same")
+@yolo_plugins.register(rule="same")
 class TestOnlyGate(nn.Module):
     """Channel-preserving gated residual: x + sigmoid(g) * dwconv(x)."""
 

@@ -41,7 +41,7 @@ class TimmBasedBackbone(nn.Module):
         self.load_report = self.load(pretrained) if pretrained else None
 
     def load(self, path: str | Path) -> LoadReport:
-        """Load a local weights file (all tensors validated first, or nothing; see ``plugins.weights``)."""
+        """Load a local weights file (all tensors validated first, or nothing; see ``yolo_plugins.weights``)."""
         if self.fused:
             raise RuntimeError(f"{type(self).__name__}: load weights before fuse(); fused layers have no BatchNorm")
         return self._load(path)

@@ -78,6 +78,16 @@ def teach(
     _add(name or cls.__name__, cls, rule, False, False, source="ultralytics", check=check)
 
 
+def check(cls: type) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
+    """Decorator form of ``teach(cls, check=fn)``: validate a host-built layer before it is constructed."""
+
+    def decorator(fn: Callable[[dict], None]) -> Callable[[dict], None]:
+        teach(cls, check=fn)
+        return fn
+
+    return decorator
+
+
 def _add(
     name: str,
     cls: type,

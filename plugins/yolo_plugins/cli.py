@@ -1,7 +1,7 @@
 """``yolo-plugins``: the project's console script.
 
 yolo-plugins list                      blocks the plugin registered (name, class, source, rule, fuse)
-yolo-plugins profile model=... ...     the profile tool (same as ``python -m plugins.profile``)
+yolo-plugins profile model=... ...     the profile tool (same as ``python -m yolo_plugins.profile``)
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return profile_main(rest, prog="yolo-plugins profile")
     if cmd == "list":
-        import plugins
+        import yolo_plugins
 
-        rows = plugins.registered()
+        rows = yolo_plugins.registered()
         cols = ("name", "class", "source", "rule", "fuse")
         widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in cols}
         print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())

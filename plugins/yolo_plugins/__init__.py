@@ -2,12 +2,12 @@
 
 Importing this package is cheap (no torch, no Ultralytics); names below load on first use.
 
-    import plugins
+    import yolo_plugins
 
-    @plugins.register(rule="same")
+    @yolo_plugins.register(rule="same")
     class MyBlock(torch.nn.Module): ...
 
-    plugins.activate()  # done automatically when Ultralytics is imported (YOLO_PLUGINS_AUTOLOAD=0 turns it off)
+    yolo_plugins.activate()  # done automatically when Ultralytics is imported (YOLO_PLUGINS_AUTOLOAD=0 turns it off)
 """
 
 from __future__ import annotations
@@ -62,4 +62,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'plugins' has no attribute {name!r}")
+    raise AttributeError(f"module 'yolo_plugins' has no attribute {name!r}")

@@ -1,8 +1,10 @@
-"""Run at interpreter start-up by ``yolo_plugins.pth``: activate the plugin when Ultralytics is imported.
+"""Run at interpreter start-up by ``yolo_plugins.pth``: activate yolo-plugins when Ultralytics is imported.
 
-Only the standard library is imported here; nothing heavy runs until ``import ultralytics`` has finished, and then
-``plugins.activate()`` is called. ``YOLO_PLUGINS_AUTOLOAD=0`` turns it off. Because every Python process runs it,
-this also reaches ``yolo`` CLI runs and the worker processes Ultralytics starts for multi-GPU training.
+A top-level module of its own (not part of ``yolo_plugins``) so that start-up imports only this file and the standard
+library: ``yolo_plugins`` itself is imported once ``import ultralytics`` has finished, and then
+``yolo_plugins.activate()`` is called. With ``YOLO_PLUGINS_AUTOLOAD=0`` the ``.pth`` line does not import this module
+at all. Because every Python process runs the ``.pth``, this also reaches ``yolo`` CLI runs and the worker processes
+Ultralytics starts for multi-GPU training.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ def enabled() -> bool:
 
 
 def _activate() -> None:
-    import plugins
+    import importlib.util
 
-    plugins.activate()
+    if importlib.util.find_spec("yolo_plugins") is None:  # e.g. the checkout of an editable install was deleted
+        return
+    import yolo_plugins
+
+    yolo_plugins.activate()
 
 
 class _ActivatingLoader(Loader):
@@ -60,12 +66,10 @@ class UltralyticsImportHook(MetaPathFinder):
 
 
 def install() -> None:
-    """Activate now if Ultralytics is already imported, else when it is."""
+    """Activate now if Ultralytics is already imported, else when it is (nothing when autoloading is off)."""
+    if not enabled():
+        return
     if TARGET in sys.modules:
         _activate()
     elif not any(isinstance(f, UltralyticsImportHook) for f in sys.meta_path):
         sys.meta_path.insert(0, UltralyticsImportHook())
-
-
-if enabled():
-    install()

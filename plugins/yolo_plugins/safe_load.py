@@ -18,7 +18,7 @@ import torch
 
 from . import registry
 
-TRUSTED = ("plugins", "timm")  # packages whose nn.Module classes a plugin checkpoint may reference
+TRUSTED = ("yolo_plugins", "timm")  # packages whose nn.Module classes a plugin checkpoint may reference
 DATA = ("timm.models._features.FeatureInfo", "timm.layers.format.Format")  # non-module types inside timm backbones
 
 

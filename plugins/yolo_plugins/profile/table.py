@@ -1,7 +1,7 @@
 """Hierarchical module table (module, #parameters, GFLOPs) in the style of fvcore's ``flop_count_table``.
 
 Rows form a tree: the model; its sections (backbone, encoder, decoder for RT-DETR, else backbone and head); for
-RT-DETR the roles inside the encoder and decoder (see :mod:`plugins.profile.roles`); the YAML layers; then their
+RT-DETR the roles inside the encoder and decoder (see :mod:`yolo_plugins.profile.roles`); the YAML layers; then their
 submodules. ``depth`` says how many levels below the model are shown (the model itself is depth 0).
 """
 

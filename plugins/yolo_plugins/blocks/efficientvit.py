@@ -9,7 +9,7 @@ timm's code is copied; timm is imported on first use so that ``import ultralytic
   same in both, so ImageNet weights load into either.
 * Window attention keeps the window sizes of the 224x224 ImageNet model (7, 7 and 4 in the last stage, whose
   attention biases are sized for that); timm pads every feature map to whole windows, so any input size works.
-* ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``plugins.weights``).
+* ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``yolo_plugins.weights``).
 * ``fuse()`` folds every conv+BN and BN+linear pair in place (the engine's ``model.fuse()`` calls it).
 """
 

@@ -1,6 +1,7 @@
 """Compute profile of any Ultralytics model, and the RT-DETR computational-redundancy study.
 
-``python -m plugins.profile model=rtdetr-resnet50.yaml imgsz=640 depth=3 [sweep=all]`` (or ``yolo-plugins profile``).
+``python -m yolo_plugins.profile model=rtdetr-resnet50.yaml imgsz=640 depth=3 [sweep=all]``
+(or ``yolo-plugins profile``).
 
 * :mod:`.counting`: thop counts per module (matching Ultralytics' GFLOPs) plus the project's rules for work thop misses;
 * :mod:`.roles`: backbone / encoder / decoder roles derived from the model's structure;

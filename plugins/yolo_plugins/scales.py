@@ -13,14 +13,14 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from .paths import cfg_dir
+
 _LETTER = re.compile(r"^(?P<base>.+)-(?P<scale>[a-z])$")
 
 
 def plugin_cfg_dirs() -> list[Path]:
     """Folders searched for bare plugin YAML names: the project's cfg/models."""
-    from .hook import project_root
-
-    return [project_root() / "cfg" / "models"]
+    return [cfg_dir() / "models"]
 
 
 def _find(path: Path) -> Path | None:

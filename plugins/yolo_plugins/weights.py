@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import PluginError
+from .paths import weights_dirs
 
 StateDict = dict[str, torch.Tensor]
 Remap = Callable[[StateDict], tuple[StateDict, str]]
@@ -59,13 +60,6 @@ class LoadReport:
         if self.defaulted:
             parts.append(f"{len(self.defaulted)} optional buffers not in the file kept their values")
         return "; ".join(parts)
-
-
-def weights_dirs() -> list[Path]:
-    """Folders a relative weights path is looked up in, in order: the working directory, the project's weights/."""
-    from .hook import project_root
-
-    return [Path.cwd(), project_root() / "weights"]
 
 
 def resolve_weights(path: PathLike) -> Path:

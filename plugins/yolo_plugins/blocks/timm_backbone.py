@@ -9,7 +9,7 @@ on the meta device (no memory, no forward, no download). Select maps with ``Pick
   2..32; ``convnext_atto`` four, strides 4..32); negative ones count from the deepest, so ``[-3, -2, -1]`` is
   P3/P4/P5 for the usual strides-8/16/32 families. ``None`` returns every level timm exposes.
 * ``pretrained`` is a local weights file only (a timm classifier state dict, a timm ``features_only`` state dict, or
-  a wrapped checkpoint; see ``plugins.weights``); timm is never asked for pretrained weights, so nothing downloads.
+  a wrapped checkpoint; see ``yolo_plugins.weights``); timm is never asked for pretrained weights, so nothing downloads.
 * ``fuse()`` runs timm's own ``reparameterize_model`` in place: every module timm gives a ``fuse()``,
   ``reparameterize()`` or ``switch_to_deploy()`` (RepViT, FastViT, MobileOne, EfficientViT-M, LeViT conv+BN pairs,
   ...) is folded. Plain conv/BN pairs timm leaves unfused (ResNet, ConvNeXt) stay as they are.

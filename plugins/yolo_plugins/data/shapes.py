@@ -5,7 +5,7 @@ overlapping (each object keeps at least half of its pixels visible), among clutt
 arcs, dots, outlines, blurred blobs), on gradient, stripe, checker and noise backgrounds, at varied image sizes and
 aspect ratios. Boxes are the tight boxes of each object's visible pixels.
 
-    from plugins.data.shapes import generate
+    from yolo_plugins.data.shapes import generate
 
     generate("datasets/shapes")  # images/{train,val,test}/*.jpg and labels/{train,val,test}/*.txt
 
@@ -232,7 +232,7 @@ def clutter(rng: np.random.Generator, image: np.ndarray, thin: bool = False) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m plugins.data.shapes ROOT [--seed N] ...``: write the data set."""
+    """``python -m yolo_plugins.data.shapes ROOT [--seed N] ...``: write the data set."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -27,12 +27,12 @@ import functools
 import inspect
 import textwrap
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
 from .channels import Layer
 from .errors import HostVersionError, LayerError, PluginError, layer_message
+from .user_blocks import import_user_blocks
 from .yaml_rows import check_names, per_scale_args, quote_paths
 
 SUPPORTED = ">=8.4,<8.5"
@@ -171,16 +171,6 @@ _layer.FALL_THROUGH = object()  # what the deferred fall-through leaves in c2
 _building = threading.local()  # (index, name) of the plugin block the parser is constructing, else None
 
 
-def check(cls: type) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
-    """Decorator form of ``registry.teach(cls, check=fn)``: validate a host-built layer before it is constructed."""
-
-    def decorator(fn: Callable[[dict], None]) -> Callable[[dict], None]:
-        registry.teach(cls, check=fn)
-        return fn
-
-    return decorator
-
-
 def _wrap_parse_model(patched: Callable, original: Callable, namespace: dict) -> Callable:
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
@@ -216,29 +206,6 @@ def _add_name(tasks, added: set[str], entry: registry.Entry) -> None:
         )
     tasks.__dict__[entry.name] = entry.cls
     added.add(entry.name)
-
-
-def import_user_blocks() -> list[str]:
-    """Import the modules that register a user's own blocks, so they reach the plain ``yolo`` command too.
-
-    Sources: the comma-separated module names in ``YOLO_PLUGINS_IMPORT``, and the ``yolo_plugins`` entry-point group
-    of installed packages (``[project.entry-points.yolo_plugins] myblocks = "mypkg.blocks"``).
-    """
-    import importlib
-    import os
-    from importlib.metadata import entry_points
-
-    names = [n.strip() for n in os.environ.get("YOLO_PLUGINS_IMPORT", "").split(",") if n.strip()]
-    names += [ep.value for ep in entry_points(group="yolo_plugins")]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(
-                f"yolo-plugins could not import block module {name!r} (from YOLO_PLUGINS_IMPORT or a 'yolo_plugins' "
-                f"entry point): {e}. Check the name and that its folder is on PYTHONPATH."
-            ) from e
-    return names
 
 
 def activate() -> None:
@@ -327,9 +294,3 @@ def deactivate() -> None:
             (_state["tasks"]._SafeLoad._registry or {}).pop(name, None)
         registry._listeners.remove(_state["listener"])
         _state = None
-
-
-def project_root() -> Path:
-    """The folder holding cfg/ and weights/: the installed package's copy, else the source checkout."""
-    here = Path(__file__).resolve().parent
-    return here if (here / "cfg").is_dir() else here.parent

@@ -1,4 +1,4 @@
-"""``python -m plugins.profile model=<yaml or .pt> imgsz=640 depth=3 [sweep=all] ...``: see :func:`main`."""
+"""``python -m yolo_plugins.profile model=<yaml or .pt> imgsz=640 depth=3 [sweep=all] ...``: see :func:`main`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-USAGE = """usage: python -m plugins.profile model=<yaml or .pt> [key=value ...]   (also: yolo-plugins profile ...)
+USAGE = """usage: python -m yolo_plugins.profile model=<yaml or .pt> [key=value ...]   (also: yolo-plugins profile ...)
 
   model=     model YAML (stock, plugin or a path) or a .pt checkpoint              (required)
   imgsz=640  square input size
@@ -146,7 +146,7 @@ def run(args: dict, command: str = "") -> dict:
         obj["model"] = str(args["model"])
         if args["compare"]:
             obj["ultralytics_gflops"] = ultralytics_gflops(model, imgsz)
-        command = command or "python -m plugins.profile " + " ".join(
+        command = command or "python -m yolo_plugins.profile " + " ".join(
             f"{k}={v}" for k, v in args.items() if v != DEFAULTS[k]
         )
         files = []
@@ -173,8 +173,8 @@ def run(args: dict, command: str = "") -> dict:
     return obj
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m plugins.profile") -> int:
-    """Entry point of ``python -m plugins.profile`` and ``yolo-plugins profile`` (``prog`` names it in profile.md)."""
+def main(argv: list[str] | None = None, prog: str = "python -m yolo_plugins.profile") -> int:
+    """Entry point of ``python -m yolo_plugins.profile`` and ``yolo-plugins profile`` (``prog``: name in profile.md)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

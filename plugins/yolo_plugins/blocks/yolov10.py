@@ -19,8 +19,7 @@ from ultralytics.nn.modules.block import CIB, PSA, C2fCIB, RepVGGDW, SCDown
 
 from ..channels import RULES, Layer, single_input
 from ..errors import LayerError
-from ..hook import check
-from ..registry import teach
+from ..registry import check, teach
 
 
 def repvggdw_channels(layer: Layer) -> None:
