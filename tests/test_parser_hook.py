@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 from ultralytics.nn import tasks
 
 import yolo_plugins
-from yolo_plugins import hook, registry
+from yolo_plugins import hook, parser_patch, registry
 from yolo_plugins.errors import LayerError
 
 STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
@@ -104,9 +105,7 @@ def test_blocks():
     yolo_plugins.register("SumProj", rule=sum_rule)(SumProj)
     yield
     for name in ("Fussy", "ConvLike", "RepeatArg", "Keep", "TwoScales", "SumProj"):
-        registry.unregister(name)
-        tasks.__dict__.pop(name, None)
-        hook._state["added"].discard(name)
+        registry.unregister(name)  # reaches the host's names too
 
 
 def build(cfg: dict | str, cls=tasks.DetectionModel):
@@ -267,11 +266,19 @@ def test_activate_is_idempotent_and_deactivate_restores_originals():
     patched = tasks.parse_model
     yolo_plugins.activate()
     assert tasks.parse_model is patched
-    originals = hook._state["originals"]
+    table = hook._state["patches"]
+    assert {(p.owner, p.attr) for p in table} >= {
+        (tasks, "parse_model"),
+        (unn, "parse_model"),
+        (emodel, "yaml_model_load"),
+    }
+    for p in table:  # every row is in place while active
+        assert (p.owner.__dict__[p.attr] if isinstance(p.owner, type) else getattr(p.owner, p.attr)) is p.replacement
     yolo_plugins.deactivate()
     try:
-        for (owner, attr), value in originals.items():
-            assert getattr(owner, attr) is value if not isinstance(owner, type) else owner.__dict__[attr] is value
+        for p in table:
+            assert (p.owner.__dict__[p.attr] if isinstance(p.owner, type) else getattr(p.owner, p.attr)) is p.original
+        originals = {(p.owner, p.attr): p.original for p in table}
         assert unn.parse_model is tasks.parse_model is originals[(tasks, "parse_model")]
         assert emodel.yaml_model_load is originals[(emodel, "yaml_model_load")]
         assert hook.DISPATCH not in tasks.__dict__ and "Pick" not in tasks.__dict__
@@ -308,9 +315,63 @@ def test_unsupported_host_is_refused_with_version_and_range(monkeypatch):
 def test_dispatch_leaves_stock_layers_alone():
     """The dispatch returns what the host's chain computed, and the host's own fall-through for unknown classes."""
     frame = {"m": nn.Identity, "c2": 7, "args": [1, 2], "n": 3}
-    c2, args, n = hook._layer(frame)
+    c2, args, n = parser_patch.dispatch(frame)
     assert (c2, n) == (7, 3) and args is frame["args"]
-    fall = {"m": nn.Identity, "c2": hook._layer.FALL_THROUGH, "args": [1], "n": 1, "ch": [3, 16], "f": -1}
-    assert hook._layer(fall)[0] == 16
+    fall = {"m": nn.Identity, "c2": parser_patch.dispatch.FALL_THROUGH, "args": [1], "n": 1, "ch": [3, 16], "f": -1}
+    assert parser_patch.dispatch(fall)[0] == 16
     with pytest.raises(TypeError, match="list indices"):  # a list 'from' fails as in the stock parser
-        hook._layer({**fall, "f": [0, 1]})
+        parser_patch.dispatch({**fall, "f": [0, 1]})
+
+
+def test_unregister_removes_the_name_from_the_host():
+    """After unregister() a rebuild fails with the unknown-module error, not a bare TypeError from the host."""
+
+    class Gone(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    yolo_plugins.register("TestOnlyGone", rule="same")(Gone)
+    cfg = yaml.safe_load(TINY.format(scale="s"))
+    cfg["backbone"][5] = [-1, 1, "TestOnlyGone", []]
+    assert tasks.__dict__["TestOnlyGone"] is Gone and isinstance(build(cfg).model[5], Gone)
+    registry.unregister("TestOnlyGone")
+    assert "TestOnlyGone" not in tasks.__dict__ and "TestOnlyGone" not in hook._state["added"]
+    with pytest.raises(yolo_plugins.UnknownModuleError, match=r"^layer 5: unknown module 'TestOnlyGone'"):
+        build(cfg)
+
+
+def _refused(monkeypatch) -> str:
+    before = dict(tasks.__dict__)
+    with pytest.raises(yolo_plugins.HostVersionError) as e:
+        yolo_plugins.activate()
+    assert not yolo_plugins.is_active() and set(tasks.__dict__) == set(before)  # nothing patched, nothing added
+    return str(e.value)
+
+
+def test_a_host_parser_without_a_local_the_hook_reads_is_refused(monkeypatch):
+    yolo_plugins.deactivate()
+    try:
+        source = inspect.getsource(tasks.parse_model).replace("max_channels", "max_ch")
+        namespace: dict = {}
+        exec(compile(source, tasks.__file__, "exec"), tasks.__dict__, namespace)  # the host with a renamed local
+        monkeypatch.setattr(tasks, "parse_model", namespace["parse_model"])
+        monkeypatch.setattr(inspect, "getsource", lambda obj: source)
+        msg = _refused(monkeypatch)
+        assert "parse_model has no local 'max_channels'" in msg and "supported: ultralytics>=8.4,<8.5" in msg
+    finally:
+        monkeypatch.undo()
+        yolo_plugins.activate()
+
+
+def test_a_host_safe_loader_without_a_member_the_plugin_uses_is_refused(monkeypatch):
+    yolo_plugins.deactivate()
+    try:
+        monkeypatch.delattr(tasks._SafeLoad, "_build")
+        msg = _refused(monkeypatch)
+        assert "_SafeLoad has no _build" in msg and "YOLO_PLUGINS_AUTOLOAD=0" in msg
+    finally:
+        monkeypatch.undo()
+        yolo_plugins.activate()

@@ -25,13 +25,31 @@ class LayerError(PluginError, ValueError):
         super().__init__(layer_message(index, module, message))
 
 
-class UnknownModuleError(PluginError, KeyError):
-    """A YAML layer names a module that neither Ultralytics nor the plugin knows."""
+REGISTER_HINT = (
+    "neither Ultralytics nor yolo-plugins defines it; to bring your own block, decorate its class with "
+    "@yolo_plugins.register() in a module named in YOLO_PLUGINS_IMPORT"
+)
 
-    def __init__(self, index: int, name: str, suggestions: list[str]) -> None:
-        self.index, self.name, self.suggestions = index, name, suggestions
-        hint = f" — did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"layer {index}: unknown module '{name}'{hint}")
+
+class UnknownModuleError(PluginError, KeyError):
+    """YAML layers name modules that neither Ultralytics nor the plugin knows (all of them, in layer order)."""
+
+    def __init__(self, unknown: list[tuple[int, str, list[str]]]) -> None:
+        self.unknown = unknown
+        self.index, self.name, self.suggestions = unknown[0]
+
+        def one(index: int, name: str, suggestions: list[str]) -> str:
+            hint = f" — did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+            return f"layer {index}: unknown module '{name}'{hint}"
+
+        lines = [one(*u) for u in unknown]
+        if len(lines) == 1:
+            text = lines[0] if self.suggestions else f"{lines[0]} ({REGISTER_HINT})"
+        else:
+            text = f"{len(lines)} unknown modules: " + "; ".join(lines)
+            if not all(s for _, _, s in unknown):
+                text += f" ({REGISTER_HINT})"
+        super().__init__(text)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

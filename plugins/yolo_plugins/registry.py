@@ -35,7 +35,7 @@ class Entry:
 
 
 _ENTRIES: dict[str, Entry] = {}
-_listeners: list[Callable[[Entry], None]] = []
+_listeners: list[Callable[[Entry, bool], None]] = []  # listener(entry, present): the active hook follows changes
 
 
 def register(
@@ -119,13 +119,16 @@ def _add(
         resolved, check = resolved or old.rule, check or old.check
     entry = Entry(name, cls, resolved, source, fuse, check)
     for listener in _listeners:  # the active parser hook may refuse (e.g. a host name); then nothing is stored
-        listener(entry)
+        listener(entry, True)
     _ENTRIES[name] = entry
 
 
 def unregister(name: str) -> None:
-    """Remove a registration (mainly for tests); unknown names are ignored."""
-    _ENTRIES.pop(name, None)
+    """Remove a registration, from the active parser too (mainly for tests); unknown names are ignored."""
+    entry = _ENTRIES.pop(name, None)
+    if entry is not None:
+        for listener in _listeners:
+            listener(entry, False)
 
 
 def entries() -> dict[str, Entry]:

@@ -1,6 +1,7 @@
-"""What the hooked parser does to a model YAML's rows before the host's ``parse_model`` sees them.
+"""What the hooked parser does to a model YAML's rows before the host's ``parse_model`` sees them (``prepare``).
 
-* ``check_names``: an unknown module name fails with its layer index and the closest known names;
+* ``check_rows``: every row is ``[from, repeats, module, args]`` with a list of args, else a layer error;
+* ``check_names``: unknown module names fail together, each with its layer index and the closest known names;
 * ``per_scale_args``: an argument written as ``{n: a, s: b}`` becomes the value for the model's scale;
 * ``quote_paths``: string arguments of plugin layers that are not Python literals (paths) stay strings.
 
@@ -15,20 +16,47 @@ from . import registry
 from .errors import LayerError, UnknownModuleError
 
 
-def module_names(d: dict) -> list[tuple[int, str]]:
-    return [(i, row[2]) for i, row in enumerate(list(d.get("backbone", [])) + list(d.get("head", [])))]
+def prepare(d: dict, namespace: dict) -> dict:
+    """Check the rows and names of a model dict and resolve its per-scale and path args (stock dicts: same object)."""
+    check_rows(d)
+    check_names(d, namespace)
+    return quote_paths(per_scale_args(d))
+
+
+def rows(d: dict) -> list:
+    """Backbone and head rows in layer order (how Ultralytics numbers layers)."""
+    return list(d.get("backbone") or []) + list(d.get("head") or [])
+
+
+def check_rows(d: dict) -> None:
+    """Every section is a list and every row ``[from, repeats, module, args]`` with a list of args."""
+    for part in ("backbone", "head"):
+        if not isinstance(d.get(part) or [], list):
+            raise ValueError(f"model YAML: '{part}' must be a list of [from, repeats, module, args] rows")
+    for i, row in enumerate(rows(d)):
+        module = row[2] if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str) else "?"
+        if not isinstance(row, (list, tuple)) or len(row) != 4:
+            raise LayerError(i, module, f"a row must be [from, repeats, module, args], got {row!r}")
+        if not isinstance(row[3], (list, tuple)):
+            raise LayerError(i, module, f"args must be a list (e.g. [64, 3, 2]), got {row[3]!r}")
+        if not isinstance(row[2], str):
+            raise LayerError(i, module, f"the module must be a name such as Conv, got {row[2]!r}")
 
 
 def check_names(d: dict, namespace: dict) -> None:
-    """Fail on the first unknown module name with its layer index and the closest known names."""
-    for i, name in module_names(d):
-        if not isinstance(name, str) or name.startswith(("nn.", "torchvision.ops.")):
+    """Fail on unknown module names, all of them at once, each with its layer index and the closest known names."""
+    unknown = []
+    for i, row in enumerate(rows(d)):
+        name = row[2]
+        if name.startswith(("nn.", "torchvision.ops.")) or name in namespace:  # where globals()[m] would not fail
             continue
-        if name not in namespace:  # exactly where the host's globals()[m] would raise KeyError
-            import torch
+        unknown.append((i, name))
+    if unknown:
+        import torch
 
-            known = [k for k, v in namespace.items() if isinstance(v, type) and issubclass(v, torch.nn.Module)]
-            raise UnknownModuleError(i, name, registry.closest(name, sorted(set(known) | set(registry.entries()))))
+        known = [k for k, v in namespace.items() if isinstance(v, type) and issubclass(v, torch.nn.Module)]
+        candidates = sorted(set(known) | set(registry.entries()))
+        raise UnknownModuleError([(i, name, registry.closest(name, candidates)) for i, name in unknown])
 
 
 def per_scale_args(d: dict) -> dict:
@@ -37,14 +65,14 @@ def per_scale_args(d: dict) -> dict:
     The scale is the one parse_model will use (``d["scale"]``, else the first of ``scales``). Stock YAMLs have no
     mapping arguments, so they pass through untouched (same dict object).
     """
-    rows = [(part, k, row) for part in ("backbone", "head") for k, row in enumerate(d.get(part) or [])]
-    if not any(isinstance(a, dict) for _, _, row in rows if len(row) > 3 for a in row[3]):
+    numbered = [(part, k, row) for part in ("backbone", "head") for k, row in enumerate(d.get(part) or [])]
+    if not any(isinstance(a, dict) for _, _, row in numbered for a in row[3]):
         return d
     scales = d.get("scales") or {}
     scale = d.get("scale") or next(iter(scales), None)
     d = {**d, "backbone": list(d.get("backbone") or []), "head": list(d.get("head") or [])}
     offset = len(d["backbone"])
-    for part, k, row in rows:
+    for part, k, row in numbered:
         if not any(isinstance(a, dict) for a in row[3]):
             continue
         args = []
@@ -68,7 +96,7 @@ def quote_paths(d: dict) -> dict:
     for part in ("backbone", "head"):
         for k, row in enumerate(d.get(part) or []):
             entry = registry.entries().get(row[2]) if isinstance(row[2], str) else None
-            if entry is None or entry.source != "yolo-plugins" or len(row) < 4:
+            if entry is None or entry.source != "yolo-plugins":
                 continue
             args = list(row[3])
             for j, a in enumerate(args):
