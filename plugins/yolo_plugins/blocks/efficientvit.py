@@ -93,7 +93,7 @@ class EfficientViT(TimmBasedBackbone):
 
     Args:
         variant: ``"m0"`` ... ``"m5"``.
-        pretrained: optional local weights file (timm or official format; relative paths: cwd, then weights/).
+        pretrained: optional local weights file (timm or official format; relative paths: ``paths.weights_dirs``).
         stem_stride: 8 (detection stem, outputs at strides 8/16/32) or 16 (classifier stem, 16/32/64).
         in_chans: input channels (the YAML parser passes the input layer's channels).
     """

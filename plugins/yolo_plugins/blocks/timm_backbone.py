@@ -104,7 +104,7 @@ class TimmBackbone(TimmBasedBackbone):
     Args:
         model: timm model name (``timm.list_models()``), e.g. ``"resnet18"``, ``"convnext_atto"``.
         out_indices: timm feature levels to return (negative: from the deepest); ``None``: all of them.
-        pretrained: optional local weights file (relative paths: cwd, then the project's weights/); never a download.
+        pretrained: optional local weights file (relative paths: see ``paths.weights_dirs``); never a download.
         in_chans: input channels (the YAML parser passes the input layer's channels).
     """
 
