@@ -2,6 +2,7 @@
 
 yolo-plugins list                      blocks the plugin registered (name, class, source, rule, fuse)
 yolo-plugins profile model=... ...     the profile tool (same as ``python -m yolo_plugins.profile``)
+yolo-plugins convert fork.yaml [-o native.yaml]   a fork-style YAML written as a native one (also model=... out=...)
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ USAGE = """usage: yolo-plugins <command> [key=value ...]
 
 commands:
   list      the blocks the plugin registered
-  profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)"""
+  profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)
+  convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         from .profile.__main__ import main as profile_main
 
         return profile_main(rest, prog="yolo-plugins profile")
+    if cmd == "convert":
+        return _convert(rest)
     if cmd == "list":
         import yolo_plugins
 
@@ -38,6 +42,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"yolo-plugins: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _convert(args: list[str]) -> int:
+    """``convert fork.yaml [-o native.yaml]`` or ``convert model=fork.yaml out=native.yaml``."""
+    from .convert import convert_file
+
+    opts = dict(a.split("=", 1) for a in args if "=" in a)
+    plain = [a for a in args if "=" not in a]
+    if "-o" in plain:
+        k = plain.index("-o")
+        if k + 1 >= len(plain):
+            print("yolo-plugins convert: -o needs a file name", file=sys.stderr)
+            return 2
+        opts.setdefault("out", plain.pop(k + 1))
+        plain.pop(k)
+    model = opts.get("model") or (plain[0] if plain else None)
+    if model is None or len(plain) > (0 if "model" in opts else 1):
+        print("usage: yolo-plugins convert fork.yaml [-o native.yaml]", file=sys.stderr)
+        return 2
+    try:
+        target, changes = convert_file(model, opts.get("out"))
+    except (OSError, ValueError) as e:
+        print(f"yolo-plugins convert: {e}", file=sys.stderr)
+        return 1
+    print(f"{model} -> {target}")
+    for line in changes:
+        print(f"  {line}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ REGISTER_HINT = (
 class UnknownModuleError(PluginError, KeyError):
     """YAML layers name modules that neither Ultralytics nor the plugin knows (all of them, in layer order)."""
 
-    def __init__(self, unknown: list[tuple[int, str, list[str]]]) -> None:
+    def __init__(self, unknown: list[tuple[int, str, list[str]]], note: str = "") -> None:
         self.unknown = unknown
         self.index, self.name, self.suggestions = unknown[0]
 
@@ -43,13 +43,12 @@ class UnknownModuleError(PluginError, KeyError):
             return f"layer {index}: unknown module '{name}'{hint}"
 
         lines = [one(*u) for u in unknown]
+        hint = note or not all(s for _, _, s in unknown)  # a fork's own module may look like a known one
         if len(lines) == 1:
-            text = lines[0] if self.suggestions else f"{lines[0]} ({REGISTER_HINT})"
+            text = f"{lines[0]} ({REGISTER_HINT})" if hint else lines[0]
         else:
-            text = f"{len(lines)} unknown modules: " + "; ".join(lines)
-            if not all(s for _, _, s in unknown):
-                text += f" ({REGISTER_HINT})"
-        super().__init__(text)
+            text = f"{len(lines)} unknown modules: " + "; ".join(lines) + (f" ({REGISTER_HINT})" if hint else "")
+        super().__init__(f"{text}; {note}" if note else text)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

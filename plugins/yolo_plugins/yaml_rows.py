@@ -11,16 +11,27 @@ Stock YAMLs pass through all three unchanged (the same dict object).
 from __future__ import annotations
 
 import ast
+from typing import Callable
 
 from . import registry
 from .errors import LayerError, UnknownModuleError
+from .fork_yaml import SLOTS, looks_like_fork, translate
 
 
 def prepare(d: dict, namespace: dict) -> dict:
-    """Check the rows and names of a model dict and resolve its per-scale and path args (stock dicts: same object)."""
+    """Check the rows and names of a model dict and resolve its per-scale and path args (stock dicts: same object).
+
+    A fork-style YAML (see ``fork_yaml``) is translated to native rows first, keeping the fork's layer numbering.
+    """
     check_rows(d)
-    check_names(d, namespace)
-    return quote_paths(per_scale_args(d))
+    if not looks_like_fork(d, namespace):
+        check_names(d, namespace)
+        return quote_paths(per_scale_args(d))
+    native, fork = translate(per_scale_args(d))
+    if fork is None:  # an unknown backbone factory: number the layers as the fork does (row k >= 1 is layer k + 4)
+        check_names(d, namespace, number=lambda k: k + SLOTS - 1 if k else 0, note=FORK_NOTE)
+    check_names(native, namespace, note=FORK_NOTE)
+    return quote_paths(native)
 
 
 def rows(d: dict) -> list:
@@ -43,20 +54,26 @@ def check_rows(d: dict) -> None:
             raise LayerError(i, module, f"the module must be a name such as Conv, got {row[2]!r}")
 
 
-def check_names(d: dict, namespace: dict) -> None:
-    """Fail on unknown module names, all of them at once, each with its layer index and the closest known names."""
+FORK_NOTE = "this YAML follows the forks' backbone-row convention; layers are numbered as the fork numbers them"
+
+
+def check_names(d: dict, namespace: dict, number: Callable[[int], int] = int, note: str = "") -> None:
+    """Fail on unknown module names, all of them at once, each with its layer index and the closest known names.
+
+    ``number`` maps a row's position to the layer index reported; ``note`` is added to the message.
+    """
     unknown = []
-    for i, row in enumerate(rows(d)):
+    for k, row in enumerate(rows(d)):
         name = row[2]
         if name.startswith(("nn.", "torchvision.ops.")) or name in namespace:  # where globals()[m] would not fail
             continue
-        unknown.append((i, name))
+        unknown.append((number(k), name))
     if unknown:
         import torch
 
         known = [k for k, v in namespace.items() if isinstance(v, type) and issubclass(v, torch.nn.Module)]
         candidates = sorted(set(known) | set(registry.entries()))
-        raise UnknownModuleError([(i, name, registry.closest(name, candidates)) for i, name in unknown])
+        raise UnknownModuleError([(i, name, registry.closest(name, candidates)) for i, name in unknown], note)
 
 
 def per_scale_args(d: dict) -> dict:
