@@ -19,6 +19,8 @@ from yolo_plugins.profile import count, table
 from yolo_plugins.profile.__main__ import main as profile_main
 from yolo_plugins.profile.counting import msdeform_attn_macs
 from yolo_plugins.profile.roles import analyse
+from yolo_plugins.profile.sweep import deployable, measure
+from yolo_plugins.profile.timing import DECODER_STEPS, time_components
 from yolo_plugins.profile.variants import variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +189,8 @@ def test_json_output_and_files(tmp_path, capsys):
     for v in out["variants"]:
         assert {"variant", "params", "gflops", "gflops_extra", "latency_ms", "d_gflops_pct"} <= set(v)
         assert v["latency_ms"] > 0
+    timing = out["timing"]  # time=True is the default: the baseline is timed per component
+    assert timing["runs"] == 1 and timing["end_to_end_ms"] > 0 and timing["sum_ms"] > 0
     base, q = out["variants"]
     assert q["params"] == base["params"] and q["gflops"] < base["gflops"]
     assert q["d_gflops_pct"] == pytest.approx(100 * (q["gflops_total"] / base["gflops_total"] - 1), abs=0.06)
@@ -194,6 +198,8 @@ def test_json_output_and_files(tmp_path, capsys):
     assert mods[0]["module"] == "model" and mods[0]["params"] == base["params"]
     assert {"module", "params", "gflops"} <= set(mods[0])
     assert {m["module"] for m in mods if m["depth"] == 1} == {"backbone", "encoder", "decoder"}
+    assert all(m["cpu_ms"] > 0 and 0 < m["cpu_share"] <= 1 for m in mods if m["depth"] <= 1)
+    assert mods[0]["cpu_ms"] == pytest.approx(timing["sum_ms"], abs=1e-3)
     names = {
         "profile.md",
         "modules.csv",
@@ -205,6 +211,8 @@ def test_json_output_and_files(tmp_path, capsys):
     assert names <= {p.name for p in save.iterdir()}
     assert (save / "gflops_by_component.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| queries=100 |" in (save / "profile.md").read_text()
+    assert "| CPU ms | time share |" in (save / "profile.md").read_text()
+    assert "cpu_ms" in (save / "modules.csv").read_text().splitlines()[0]
     assert (save / "sweep.csv").read_text().splitlines()[0].startswith("variant,params,gflops")
 
 
@@ -267,7 +275,7 @@ def test_sweep_validates_only_variants_that_need_no_retraining(tmp_path):
 
 def _cli(cmd: list[str]) -> dict:
     env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = ["model=rtdetr-l.yaml", "imgsz=160", "depth=1", "format=json", "save=False", "threads=1"]
+    args = ["model=rtdetr-l.yaml", "imgsz=160", "depth=1", "format=json", "save=False", "threads=1", "time=False"]
     p = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)
@@ -276,6 +284,8 @@ def _cli(cmd: list[str]) -> dict:
 def test_cli_module_and_console_script():
     a = _cli([sys.executable, "-m", "yolo_plugins.profile"])
     assert a["variants"][0]["variant"] == "baseline" and a["variants"][0]["params"] == 32970476
+    assert a["timing"] is None and a["variants"][0]["latency_ms"] is None  # time=False: counts only, no runs
+    assert all(m["cpu_ms"] is None for m in a["modules"])
     exe = shutil.which("yolo-plugins")
     assert exe, "console script yolo-plugins is not installed (pip install -e .)"
     b = _cli([exe, "profile"])
@@ -294,3 +304,97 @@ def test_console_script_list_and_usage(capsys):
     assert main(["bogus"]) == 2 and "unknown command 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown argument 'imgsize'"):
         profile_main(["model=rtdetr-l.yaml", "imgsize=320"])
+
+
+def _assert_nothing_left(model):
+    """No forward (pre-)hook on any module, no wrapper on any RTDETRDecoder: the class's own methods answer."""
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    for name, m in model.named_modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks, name
+        if isinstance(m, RTDETRDecoder):
+            assert not set(DECODER_STEPS) & set(vars(m)), name
+            for step in DECODER_STEPS:
+                assert getattr(type(m), step) is getattr(RTDETRDecoder, step)
+    assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+
+
+def test_time_per_component_on_fused_rtdetr(r50):
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    originals = {s: RTDETRDecoder.__dict__[s] for s in DECODER_STEPS}
+    fused = deployable(r50)
+    assert fused.is_fused()
+    fused.model[-1].dynamic = True  # anchors are then generated on every call, so that step runs in timed runs too
+    im = torch.rand(1, 3, 128, 128)
+    with torch.inference_mode():
+        before = fused(im)[0]
+    t = time_components(fused, 128, runs=2, warmup=1, threads=1)
+    _assert_nothing_left(fused)
+    _assert_nothing_left(r50)
+    assert {s: RTDETRDecoder.__dict__[s] for s in DECODER_STEPS} == originals
+    with torch.inference_mode():
+        assert torch.equal(fused(im)[0], before)  # the model answers as before
+
+    assert len(t.end_to_end_ms) == len(t.hooked_ms) == 2 and all(v > 0 for v in t.end_to_end_ms)
+    assert t.sum_ms <= t.hooked_median_ms  # the components are part of each hooked forward pass
+    assert 0.3 < t.sum_ms / t.end_to_end_median_ms < 3  # hooks cost something, but not a factor
+    root = table.build(r50, count(r50, 128), timing=t)
+    rows = {r.label: r for r in root.walk(3)}
+    assert root.ms == pytest.approx(t.sum_ms)
+    assert sum(s.ms for s in root.children) == pytest.approx(root.ms)  # 2 runs: the median is the mean, additive
+    for role in (
+        "encoder: input projections",
+        "encoder: AIFI",
+        "encoder: lateral convs",
+        "encoder: FPN blocks",
+        "encoder: downsample convs",
+        "encoder: PAN blocks",
+        "decoder: input projections",
+        "decoder: query selection",
+        "decoder: decoder layers",
+        "decoder: score/box heads",
+    ):
+        assert rows[role].ms > 0, role
+        assert sum(c.ms for c in rows[role].children) == pytest.approx(rows[role].ms), role
+    assert rows["decoder: embeddings (training only)"].ms is None  # not run at inference
+    assert rows["model.23 anchors (_generate_anchors, cached per input size)"].ms > 0
+    assert rows["model.23 top-k, gathers (rest of _get_decoder_input)"].ms > 0
+    assert rows["model.23.dec_bbox_head (ModuleList)"].ms > 0
+    assert rows["model.23.decoder (DeformableTransformerDecoder)"].ms > 0
+    md = table.to_markdown(root, 2).splitlines()
+    assert md[0].endswith("| CPU ms | time share |") and md[2].endswith(" | 100.0% |")
+    assert table.to_markdown(table.build(r50, count(r50, 128)), 2).splitlines()[0].endswith("| GFLOPs share |")
+
+
+def test_timing_leaves_nothing_patched_when_the_forward_raises(r50):
+    fused = deployable(r50)
+    dec = fused.model[-1]
+    plain = dec.decoder.forward
+
+    def boom(*args, **kwargs):
+        if dec._forward_hooks:  # only in a hooked pass: the wrappers and hooks are in place now
+            raise RuntimeError("boom")
+        return plain(*args, **kwargs)
+
+    dec.decoder.forward = boom
+    n = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        time_components(fused, 96, runs=1, warmup=0, threads=n + 1)
+    assert torch.get_num_threads() == n
+    del dec.decoder.forward
+    _assert_nothing_left(fused)
+
+
+def test_time_per_component_yolo():
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    r = measure(model, 64, runs=2, warmup=1, timed=True)
+    _assert_nothing_left(model)
+    assert [s.label for s in r.rows.children] == ["backbone", "neck", "head"]
+    assert all(s.ms > 0 for s in r.rows.children)
+    assert r.rows.children[-1].children[0].label == "model.22 (Detect)"
+    assert r.latency_ms == pytest.approx(r.timing.end_to_end_median_ms)
+    assert 0.3 < r.timing.sum_ms / r.latency_ms < 3
+    assert measure(model, 64, runs=0, timed=True).timing is None  # runs=0: no timing at all

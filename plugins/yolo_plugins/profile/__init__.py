@@ -6,6 +6,7 @@
 * :mod:`.counting`: thop counts per module (matching Ultralytics' GFLOPs) plus the project's rules for work thop misses;
 * :mod:`.roles`: backbone / encoder / decoder roles derived from the model's structure;
 * :mod:`.table`: the hierarchical module table;
+* :mod:`.timing`: CPU ms per component (layers, roles, RT-DETR decoder steps) by temporary hooks and wrappers;
 * :mod:`.variants`: the study's knobs (decoder layers, queries, CCFF depth, drop S3, encoder width);
 * :mod:`.sweep`: counting, timing and validating every variant; :mod:`.report`: Markdown, CSV, JSON and PNG outputs.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from .counting import Counts, count, ultralytics_gflops
 from .sweep import Result, measure, run
 from .table import Row, build
+from .timing import Timing, time_components
 from .variants import KNOBS, Variant, VariantError
 
 __all__ = [
@@ -22,11 +24,13 @@ __all__ = [
     "Counts",
     "Result",
     "Row",
+    "Timing",
     "Variant",
     "VariantError",
     "build",
     "count",
     "measure",
     "run",
+    "time_components",
     "ultralytics_gflops",
 ]

@@ -15,7 +15,8 @@ USAGE = """usage: python -m yolo_plugins.profile model=<yaml or .pt> [key=value 
   depth=3    table depth below the model: 1 sections, 2 roles, 3 layers, 4+ submodules
   sweep=     RT-DETR study: all, or knobs decoder_layers,queries,ccff_depth,drop_s3,hidden_dim
              (values optional: queries:200/100); omit for the table only
-  runs=      timed CPU runs per variant (median; default 5 with sweep=, else 0 = no timing)
+  time=True  CPU ms per component (roles, layers, decoder steps) next to GFLOPs, on a fused copy (False: GFLOPs only)
+  runs=      timed CPU runs (median; default 5 with time=True or sweep=, else 0; runs=0: no timing at all)
   warmup=2   untimed runs before timing
   weights=   .pt whose weights a YAML model loads; data= dataset YAML: mAP for decoder_layers/queries variants
   format=md  md: Markdown tables on stdout; json: one JSON object on stdout
@@ -29,6 +30,7 @@ DEFAULTS = dict(
     imgsz=640,
     depth=3,
     sweep=None,
+    time=True,
     runs=None,
     warmup=2,
     weights=None,
@@ -64,7 +66,7 @@ def parse_args(argv: list[str]) -> dict:
     if isinstance(args["sweep"], (list, tuple)):
         args["sweep"] = ",".join(map(str, args["sweep"]))
     if args["runs"] is None:
-        args["runs"] = 5 if args["sweep"] else 0
+        args["runs"] = 5 if args["sweep"] or args["time"] else 0
     return args
 
 
@@ -137,11 +139,11 @@ def run(args: dict, command: str = "") -> dict:
     with _logs_to_stderr() if json_out else contextlib.nullcontext():
         model = load_model(args["model"], args["weights"])
         imgsz, depth = int(args["imgsz"]), int(args["depth"])
-        data = args["data"]
+        data, runs, warmup, timed = args["data"], int(args["runs"]), int(args["warmup"]), bool(args["time"])
         if args["sweep"]:
-            results = sweep.run(model, args["sweep"], imgsz, int(args["runs"]), int(args["warmup"]), data)
+            results = sweep.run(model, args["sweep"], imgsz, runs, warmup, data, timed=timed)
         else:
-            results = [sweep.measure(model, imgsz, runs=int(args["runs"]), warmup=int(args["warmup"]), data=data)]
+            results = [sweep.measure(model, imgsz, runs=runs, warmup=warmup, data=data, timed=timed)]
         obj = report.to_json(results, depth)
         obj["model"] = str(args["model"])
         if args["compare"]:
@@ -165,8 +167,10 @@ def run(args: dict, command: str = "") -> dict:
     )
     if args["compare"]:
         line += f"\nUltralytics get_flops(model, {imgsz}): {obj['ultralytics_gflops']:.3f} GFLOPs"
+    if base.timing is not None:
+        line += "\n" + report.timing_markdown(base.timing)
     print(line)
-    if len(results) > 1 or base.latency_ms is not None:
+    if len(results) > 1 or (base.latency_ms is not None and base.timing is None):
         print("\n" + report.sweep_markdown(results))
     if files:
         print(f"\nsaved: {files[0].parent}")

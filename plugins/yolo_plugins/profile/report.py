@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import table
 from .sweep import Result
+from .timing import Timing
 
 SWEEP_COLUMNS = ("variant", "params", "gflops", "gflops_extra", "latency_ms", "d_params_pct", "d_gflops_pct")
 
@@ -53,13 +54,27 @@ def sweep_markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def timing_markdown(t: Timing) -> str:
+    """One line under the table: what the CPU ms column sums to, the plain end-to-end latency and the hook overhead."""
+    threads = f"{t.threads} thread{'s' if t.threads != 1 else ''}"
+    runs = f"{t.runs} run{'s' if t.runs != 1 else ''}"
+    return (
+        f"CPU time (batch 1, {threads}, median of {runs} after {t.warmup} warm-up, fused model): components sum to "
+        f"{t.sum_ms:.2f} ms with hooks; the whole forward took {t.hooked_median_ms:.2f} ms with hooks and "
+        f"{t.end_to_end_median_ms:.2f} ms without (end-to-end, min {min(t.end_to_end_ms):.2f} ms): "
+        f"hooks add {t.overhead_pct:+.1f}%"
+    )
+
+
 def to_json(results: list[Result], depth: int) -> dict:
-    """``{"variants": [...], "modules": [...]}``: every variant and the baseline's module rows."""
+    """``{"variants": [...], "modules": [...], "timing": {...} | None}``: every variant, the baseline's module rows
+    (with ``cpu_ms``/``cpu_share`` when timed) and the baseline's timing summary."""
     base = results[0]
     return {
         "imgsz": list(base.counts.imgsz) if base.counts else None,
         "variants": records(results),
         "modules": table.to_records(base.rows, depth),
+        "timing": base.timing.record() if base.timing else None,
     }
 
 
@@ -84,7 +99,7 @@ def plot_components(results: list[Result], path: Path, title: str = "") -> Path:
     sections = list(dict.fromkeys(k for r in results for k in r.components))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(names) + 2), 4.2), dpi=100)
     bottom = [0.0] * len(names)
-    colors = {"backbone": "#4C72B0", "encoder": "#DD8452", "decoder": "#55A868", "head": "#DD8452"}
+    colors = {"backbone": "#4C72B0", "encoder": "#DD8452", "decoder": "#55A868", "neck": "#DD8452", "head": "#55A868"}
     for s in sections:
         vals = [r.components.get(s, 0.0) for r in results]
         ax.bar(names, vals, bottom=bottom, label=s, color=colors.get(s))
@@ -162,8 +177,10 @@ def save(
     if command:
         md += ["```", command, "```", ""]
     md += [table.to_markdown(base.rows, depth), ""]
+    if base.timing is not None:
+        md += [timing_markdown(base.timing), ""]
     files = [save_dir / "profile.md", write_csv(save_dir / "modules.csv", table.to_records(base.rows, depth))]
-    if len(results) > 1 or base.latency_ms is not None:
+    if len(results) > 1 or (base.latency_ms is not None and base.timing is None):
         md += ["## Sweep", "", sweep_markdown(results), ""]
         files.append(write_csv(save_dir / "sweep.csv", records(results)))
     (save_dir / "profile.md").write_text("\n".join(md))

@@ -14,8 +14,10 @@ Encoder layers get their role from the data flow:
 * a ``Concat`` takes the role of the layer that reads it; a layer reading one fusion block continues its role.
 
 Decoder children are grouped by what they do: input projections, decoder layers (with the query position MLP run
-by every layer), query selection heads (``enc_*``), score/box heads (``dec_*``), denoising/query embeddings (training
-only). Models without an ``RTDETRDecoder`` are grouped as backbone and head.
+by every layer), query selection (the ``enc_*`` heads; when timed, also anchors, top-k and gathers), score/box heads
+(``dec_*``), denoising/query embeddings (training only). Models without an ``RTDETRDecoder`` are grouped as backbone
+(the YAML's ``backbone:``), neck (the ``head:`` layers before the last) and head (the last layer: Detect, Segment,
+Classify, ...).
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ DECODER_ROLES = {
     "input_proj": "input projections",
     "decoder": "decoder layers",
     "query_pos_head": "decoder layers",
-    "enc_output": "query selection heads",
-    "enc_score_head": "query selection heads",
-    "enc_bbox_head": "query selection heads",
+    "enc_output": "query selection",
+    "enc_score_head": "query selection",
+    "enc_bbox_head": "query selection",
     "dec_score_head": "score/box heads",
     "dec_bbox_head": "score/box heads",
     "denoising_class_embed": "embeddings (training only)",
@@ -47,8 +49,8 @@ DECODER_ROLES = {
 }
 DECODER_ORDER = (
     "input projections",
+    "query selection",
     "decoder layers",
-    "query selection heads",
     "score/box heads",
     "embeddings (training only)",
     "other",
@@ -65,6 +67,7 @@ class Layers:
     decoder: int | None  # index of the RTDETRDecoder, None when the model has none
     roles: dict[int, str]  # encoder layer index -> role (RT-DETR only)
     transformers: set[int] = field(default_factory=set)  # encoder layers that are transformer encoder layers
+    n_layers: int = 0  # number of layers (0: unknown, then every non-backbone layer of a non-RT-DETR model is head)
 
     @property
     def is_rtdetr(self) -> bool:
@@ -72,11 +75,11 @@ class Layers:
         return self.decoder is not None
 
     def section(self, i: int) -> str:
-        """``backbone``, ``encoder``/``decoder`` (RT-DETR) or ``head``."""
+        """``backbone``, ``encoder``/``decoder`` (RT-DETR) or ``neck``/``head`` (the last layer)."""
         if i < self.n_backbone:
             return "backbone"
         if not self.is_rtdetr:
-            return "head"
+            return "neck" if self.n_layers and i < self.n_layers - 1 else "head"
         return "decoder" if i == self.decoder else "encoder"
 
     def consumers(self, i: int) -> list[int]:
@@ -120,7 +123,7 @@ def analyse(model: nn.Module) -> Layers:
     yaml = getattr(model, "yaml", None) or {}
     nb = len(yaml.get("backbone", [])) or next((i for i, f in enumerate(inputs) if len(f) > 1), len(layers))
     decoder = next((i for i, m in enumerate(layers) if _is_decoder(m)), None)
-    info = Layers(inputs=inputs, n_backbone=nb, decoder=decoder, roles={})
+    info = Layers(inputs=inputs, n_backbone=nb, decoder=decoder, roles={}, n_layers=len(layers))
     if decoder is None:
         return info
 

@@ -1,4 +1,7 @@
-"""Run the redundancy study: count, time and (optionally) validate every variant of an RT-DETR model."""
+"""Run the redundancy study: count, time and (optionally) validate every variant of an RT-DETR model.
+
+With ``timed=True`` the baseline (or the one measured model) is also timed per component (see :mod:`.timing`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch import nn
 from . import table
 from .counting import Counts, count
 from .roles import analyse
+from .timing import Timing, time_components
 from .variants import Variant, variants
 
 
@@ -34,6 +38,7 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)  # mAP50-95, mAP50 when validated
     counts: Counts | None = None
     rows: table.Row | None = None
+    timing: Timing | None = None  # CPU time per component (the rows' ``ms``), when timed
 
     @property
     def gflops_total(self) -> float:
@@ -117,11 +122,19 @@ def measure(
     runs: int = 5,
     warmup: int = 2,
     data: str | None = None,
+    timed: bool = False,
 ) -> Result:
-    """Count (and time when ``runs`` > 0; validate when ``data`` is given) one model."""
+    """Count (and time when ``runs`` > 0; validate when ``data`` is given) one model.
+
+    ``timed``: also time every component (the latency is then the same run's end-to-end median without hooks).
+    """
     c = count(model, imgsz)
-    root = table.build(model, c)
-    times = latencies_ms([deployable(model)], imgsz, runs, warmup)[0] if runs > 0 else None
+    timing = time_components(deployable(model), imgsz, runs, warmup) if timed and runs > 0 else None
+    root = table.build(model, c, timing=timing)
+    if timing is not None:
+        times = timing.end_to_end_ms
+    else:
+        times = latencies_ms([deployable(model)], imgsz, runs, warmup)[0] if runs > 0 else None
     return Result(
         variant=name,
         knob=variant.knob if variant else None,
@@ -136,6 +149,7 @@ def measure(
         metrics=validate(model, data, imgsz) if data else {},
         counts=c,
         rows=root,
+        timing=timing,
     )
 
 
@@ -147,19 +161,23 @@ def run(
     warmup: int = 2,
     data: str | None = None,
     progress: bool = True,
+    timed: bool = False,
 ) -> list[Result]:
     """Measure the baseline and every variant of ``spec`` (mAP only for no-retraining variants, given ``data``).
 
-    Counting (and validating) runs variant by variant; the latencies are then timed in interleaved rounds.
+    Counting (and validating) runs variant by variant; the latencies are then timed in interleaved rounds. ``timed``:
+    then the baseline is also timed per component.
     """
     from ultralytics.utils import TQDM
 
     todo = variants(model, spec)
     results, deployed = [], []
+    base_model = None  # the baseline as built: its rows are rebuilt with the per-component times
     bar = TQDM(todo, desc="profile sweep", disable=not progress, unit="variant", file=sys.stderr)
     for v in bar:
         bar.set_description(f"profile sweep: {v.name}")
         m = v.make()
+        base_model = m if base_model is None else base_model
         results.append(measure(m, imgsz, v.name, v, 0, 0, data if data and not v.needs_retraining else None))
         if runs > 0:
             deployed.append(deployable(m))
@@ -174,4 +192,8 @@ def run(
         for r, times in zip(results, latencies_ms(deployed, imgsz, runs, warmup, rounds)):
             r.latency_ms, r.latency_min_ms = statistics.median(times), min(times)
         rounds.close()
+        if timed:
+            base = results[0]
+            base.timing = time_components(deployed[0], imgsz, runs, warmup)
+            base.rows = table.build(base_model, base.counts, timing=base.timing)
     return results
