@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.abc import Loader, MetaPathFinder
 
 TARGET = "ultralytics"
 OFF = {"0", "false", "no", "off"}
@@ -32,10 +31,11 @@ def _activate() -> None:
     yolo_plugins.activate()
 
 
-class _ActivatingLoader(Loader):
-    """Runs the real loader of ``ultralytics``, then activates the plugin."""
+class _ActivatingLoader:
+    """Runs the real loader of ``ultralytics``, then activates the plugin (duck-typed: ``importlib.abc`` costs
+    about 10 ms of imports at every interpreter start)."""
 
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader) -> None:
         self.loader = loader
 
     def create_module(self, spec):
@@ -49,7 +49,7 @@ class _ActivatingLoader(Loader):
         return getattr(self.loader, name)
 
 
-class UltralyticsImportHook(MetaPathFinder):
+class UltralyticsImportHook:
     """Finds nothing itself; wraps the loader of the top-level ``ultralytics`` package once."""
 
     def find_spec(self, fullname, path, target=None):
