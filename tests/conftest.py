@@ -26,3 +26,12 @@ def tiny_data(tmp_path_factory) -> str:
     from helpers import tiny_shapes
 
     return str(tiny_shapes(tmp_path_factory.mktemp("tiny_shapes"), imgsz=64))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: small convolutions run far faster so on a shared, busy 2-core CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

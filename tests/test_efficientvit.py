@@ -24,13 +24,7 @@ from yolo_plugins.weights import WeightsError
 VARIANTS = list(WIDTHS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run far faster on one thread on a shared, busy CPU (2 threads can be 100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: far faster on one thread on a busy CPU
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -48,13 +48,7 @@ CASES = {
 FORK_FILES = sorted(p.stem for p in FORKS.glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions run far faster on one thread on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: far faster on one thread on a busy CPU
 
 
 def fork_copy(tmp_path: Path, name: str, *edits: tuple[str, str], stem: str | None = None) -> Path:

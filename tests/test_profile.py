@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 R50 = "rtdetr-resnet50.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: two threads on a busy 2-core machine are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads on a busy 2-core machine are many times slower
 
 
 @pytest.fixture(scope="module")
