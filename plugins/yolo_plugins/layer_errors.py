@@ -20,6 +20,7 @@ import linecache
 from types import TracebackType
 from typing import Any, Callable
 
+from . import yaml_rows
 from .errors import PluginError, layer_message
 
 # What a YAML typo may raise, mapped to the type it is re-raised as (first match wins).
@@ -85,26 +86,15 @@ def _frames(tb: TracebackType | None):
         tb = tb.tb_next
 
 
-def _rows(d: dict) -> list:
-    return list(d.get("backbone") or []) + list(d.get("head") or [])
-
-
-def _row_module(d: dict, index: int) -> str:
-    rows = _rows(d)
-    row = rows[index] if 0 <= index < len(rows) else None
-    name = row[2] if isinstance(row, (list, tuple)) and len(row) > 2 else "?"
-    return name if isinstance(name, str) else repr(name)
-
-
 def wrap_parse_model(patched: Callable, original: Callable, before: Callable[[dict], dict]) -> Callable:
     """``parse_model``: ``before(d)`` checks and rewrites the rows, the patched parser runs; errors name the row."""
     code = patched.__code__
 
     @functools.wraps(original)
     def parse_model(d, ch, verbose=True):
-        rows = before(d)
+        prepared = before(d)
         try:
-            return patched(rows, ch, verbose)
+            return patched(prepared, ch, verbose)
         except PluginError:
             raise
         except Exception as e:
@@ -116,7 +106,8 @@ def wrap_parse_model(patched: Callable, original: Callable, before: Callable[[di
             arg = frame.f_locals.get("a")
             if isinstance(e, SyntaxError) and isinstance(arg, str):  # the host's literal_eval of a string argument
                 detail = f"argument {arg!r} is neither a Python literal nor a known name ({e.msg})"
-            raise named(e, index, _row_module(rows, index), detail).with_traceback(e.__traceback__) from e
+            module = yaml_rows.rows(prepared)[index][2]  # ``before`` checked every row: [from, n, name, args]
+            raise named(e, index, module, detail).with_traceback(e.__traceback__) from e
 
     return parse_model
 
