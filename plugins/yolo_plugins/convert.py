@@ -90,12 +90,12 @@ def convert_file(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     """Convert the fork-style YAML at ``path``; writes ``out`` (default ``<name>-native.yaml`` beside it)."""
     from ultralytics.nn import tasks
 
-    from . import activate, registry
+    from . import activate
 
     activate()
     path = Path(path)
     text = path.read_text()
-    namespace = {**tasks.__dict__, **{n: e.cls for n, e in registry.entries().items()}}
+    namespace = tasks.__dict__  # once active, the host's globals hold every registered name too
     result, changes = convert_text(text, namespace, path.name)
     target = Path(out) if out else path.with_name(f"{path.stem}-native{path.suffix}")
     target.write_text(result)
