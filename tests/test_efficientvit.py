@@ -240,7 +240,8 @@ def test_feature_info_is_static_and_checked(monkeypatch):
         raise AssertionError("feature_info_for built a model")
 
     monkeypatch.setattr(timm, "create_model", boom)
-    assert EfficientViT.feature_info_for("M3", "unused.pth", 16, 5) == ([128, 240, 320], [16, 32, 64])
+    assert EfficientViT.feature_info_for("M3", "unused.pth", 16, in_chans=5) == ([128, 240, 320], [16, 32, 64])
+    assert EfficientViT.feature_info_for("m1", None, 16, "stem") == ([64, 128, 144], [8, 16, 32])
 
 
 def test_bad_arguments_are_clear():
@@ -248,6 +249,10 @@ def test_bad_arguments_are_clear():
         EfficientViT("m9")
     with pytest.raises(ValueError, match=r"stem_stride must be 8 .* or 16 .*got 4"):
         EfficientViT("m0", stem_stride=4)
+    with pytest.raises(ValueError, match=r"p3='stem' .* needs stem_stride=16, got stem_stride=8"):
+        EfficientViT("m0", p3="stem")
+    with pytest.raises(ValueError, match=r"p3 must be 'stage' or 'stem', got 'neck'"):
+        EfficientViT("m0", None, 16, "neck")
     with pytest.raises(ValueError, match="valid variants"):
         EfficientViT.feature_info_for("b0")
 
@@ -417,3 +422,27 @@ def test_pickles_and_loads_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split("maxdiff")[-1]) == 0.0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["m0", "m1"])
+def test_p3_from_stem(variant, tmp_path):
+    """p3='stem': P3 is timm's stem after its third conv (stride 8), P4/P5 are timm's first two stages; stage 3 is
+    not built and its checkpoint weights are skipped; outputs equal timm's own modules run by hand, also fused."""
+    ref = timm_classifier(variant, seed=5)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    block = EfficientViT(variant, tmp_path / "w.pth", 16, "stem").eval()
+    w = WIDTHS[variant]
+    assert block.channels == [w[0] // 2, w[0], w[1]] and block.strides == [8, 16, 32] and len(block.stages) == 2
+    assert not any(k.startswith("stages.2.") for k in block.state_dict())
+    assert any(k.startswith("stages.2.") for k in block.load_report.skipped)
+    assert block.load_report.loaded == block.load_report.total
+    x = torch.randn(2, 3, 96, 128)
+    pe = ref.patch_embed
+    p3 = pe.relu3(pe.conv3(pe.relu2(pe.conv2(pe.relu1(pe.conv1(x))))))
+    p4 = ref.stages[0](pe.conv4(p3))
+    expected = [p3, p4, ref.stages[1](p4)]
+    outs = block(x)
+    assert [tuple(o.shape) for o in outs] == [(2, c, 96 // s, 128 // s) for c, s in zip(block.channels, block.strides)]
+    assert_same(outs, expected)
+    assert_same(block.fuse()(x), expected, tol=1e-4)  # folding BN changes the rounding

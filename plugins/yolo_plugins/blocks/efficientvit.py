@@ -7,6 +7,10 @@ timm's code is copied; timm is imported on first use so that ``import ultralytic
 * Detection stem (default ``stem_stride=8``): the last patch-embedding convolution runs at stride 1, so the stages sit
   at strides 8/16/32 (P3/P4/P5). ``stem_stride=16`` keeps the classifier's stem (16/32/64). Parameter shapes are the
   same in both, so ImageNet weights load into either.
+* ``p3="stem"`` (with ``stem_stride=16``): P3 is the stem's own stride-8 map (after its third convolution, half
+  the first stage's width), P4/P5 are the first two stages at strides 16/32 and the third stage is not built. The
+  stride-8 stage, which costs the most time at detection resolutions (window attention over an 80x80 map at 640), is
+  gone; weights of the third stage in a checkpoint are skipped.
 * Window attention keeps the window sizes of the 224x224 ImageNet model (7, 7 and 4 in the last stage, whose
   attention biases are sized for that); timm pads every feature map to whole windows, so any input size works.
 * ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``yolo_plugins.weights``).
@@ -34,6 +38,7 @@ WIDTHS = {
     "m5": (192, 288, 384),
 }
 STEM_STRIDES = (8, 16)
+P3_SOURCES = ("stage", "stem")
 IMG_SIZE = 224  # the ImageNet resolution: fixes the attention window sizes and so the attention-bias shapes
 
 
@@ -51,6 +56,17 @@ def _stem_stride(stem_stride: int) -> int:
             f"stem, outputs at strides 16/32/64), got {stem_stride!r}"
         )
     return int(stem_stride)
+
+
+def _p3(p3: str, stem_stride: int) -> str:
+    if p3 not in P3_SOURCES:
+        raise ValueError(f"EfficientViT: p3 must be 'stage' or 'stem', got {p3!r}")
+    if p3 == "stem" and stem_stride != 16:
+        raise ValueError(
+            f"EfficientViT: p3='stem' takes P3 from the classifier stem at stride 8 and needs stem_stride=16, "
+            f"got stem_stride={stem_stride!r}"
+        )
+    return p3
 
 
 def to_timm_layout(sd: StateDict) -> tuple[StateDict, str]:
@@ -95,6 +111,8 @@ class EfficientViT(TimmBasedBackbone):
         variant: ``"m0"`` ... ``"m5"``.
         pretrained: optional local weights file (timm or official format; relative paths: ``paths.weights_dirs``).
         stem_stride: 8 (detection stem, outputs at strides 8/16/32) or 16 (classifier stem, 16/32/64).
+        p3: ``"stage"`` (the three stages' outputs) or ``"stem"`` (with ``stem_stride=16``: the stem's stride-8 map,
+            then the first two stages at 16/32; the third stage is not built).
         in_chans: input channels (the YAML parser passes the input layer's channels).
     """
 
@@ -103,6 +121,7 @@ class EfficientViT(TimmBasedBackbone):
         variant: str = "m0",
         pretrained: str | Path | None = None,
         stem_stride: int = 8,
+        p3: str = "stage",
         in_chans: int = 3,
     ) -> None:
         super().__init__()
@@ -110,7 +129,8 @@ class EfficientViT(TimmBasedBackbone):
 
         self.variant = _variant(variant)
         self.stem_stride = _stem_stride(stem_stride)
-        self.channels, self.strides = self.feature_info_for(self.variant, None, self.stem_stride, in_chans)
+        self.p3 = _p3(p3, self.stem_stride)
+        self.channels, self.strides = self.feature_info_for(self.variant, None, self.stem_stride, self.p3, in_chans)
         net = timm.create_model(
             f"efficientvit_{self.variant}",
             pretrained=False,
@@ -122,7 +142,7 @@ class EfficientViT(TimmBasedBackbone):
         if self.stem_stride == 8:
             net.patch_embed.conv4.conv.stride = (1, 1)
         self.patch_embed = net.patch_embed
-        self.stages = net.stages
+        self.stages = net.stages[:2] if self.p3 == "stem" else net.stages
         self._finish_init(self, pretrained)
 
     @classmethod
@@ -131,11 +151,14 @@ class EfficientViT(TimmBasedBackbone):
         variant: str = "m0",
         pretrained: str | Path | None = None,
         stem_stride: int = 8,
+        p3: str = "stage",
         in_chans: int = 3,
     ) -> tuple[list[int], list[int]]:
         """Output channels and strides for these constructor arguments, without building anything."""
-        s = _stem_stride(stem_stride)
-        return list(WIDTHS[_variant(variant)]), [s, 2 * s, 4 * s]
+        s, widths = _stem_stride(stem_stride), WIDTHS[_variant(variant)]
+        if _p3(p3, s) == "stem":
+            return [widths[0] // 2, widths[0], widths[1]], [8, 16, 32]
+        return list(widths), [s, 2 * s, 4 * s]
 
     def _load(self, path: str | Path) -> LoadReport:
         """Load a local timm-format or official-format checkpoint (all tensors validated first, or nothing)."""
@@ -143,8 +166,14 @@ class EfficientViT(TimmBasedBackbone):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the three stage outputs (strides ``self.strides``, channels ``self.channels``)."""
-        x = self.patch_embed(x)
         out = []
+        if self.p3 == "stem":
+            pe = self.patch_embed
+            x = pe.relu3(pe.conv3(pe.relu2(pe.conv2(pe.relu1(pe.conv1(x))))))
+            out.append(x)
+            x = pe.conv4(x)
+        else:
+            x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
             out.append(x)
@@ -168,4 +197,4 @@ class EfficientViT(TimmBasedBackbone):
         return self
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant}, stem_stride={self.stem_stride}, fused={self.fused}"
+        return f"variant={self.variant}, stem_stride={self.stem_stride}, p3={self.p3}, fused={self.fused}"
