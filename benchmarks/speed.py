@@ -131,7 +131,10 @@ def models_from(args: dict[str, Any]) -> list[Model]:
     """Stock references first (the baseline among them), then the zoo, then extra models; duplicates dropped."""
     todo = [Model(Path(c).stem, c, "stock") for c in split(args["stock"])]
     todo += zoo_models() if args["zoo"] else []
-    todo += [Model(Path(c).stem, c, "extra") for c in split(args["models"])]
+    # a file named relative to the caller's directory is passed on as an absolute path: the workers run elsewhere
+    todo += [
+        Model(Path(c).stem, str(Path(c).resolve()) if Path(c).is_file() else c, "extra") for c in split(args["models"])
+    ]
     seen, out = set(), []
     for m in todo:
         if m.name not in seen:
