@@ -121,6 +121,25 @@ def test_predict_cli_saves_annotated_images(env, data, trained, tmp_path):
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() > 100
 
 
+def test_main_job_trains_validates_and_predicts(env, data, tmp_path):
+    """``yolo-plugins main-job`` (the README's first command) with a tiny override: the default model trains, the
+    engine validates best.pt, and the first test images are predicted and saved; the summary line says so."""
+    out = run(env, f"yolo-plugins main-job data={data} epochs=1 imgsz={IMGSZ} predict=2 project={tmp_path}", tmp_path)
+    assert "$ yolo train model=rtdetr-effvit.yaml data=" in out and "rtdetr-effvit summary" in out
+    run_dir = tmp_path / "train"
+    assert (run_dir / "weights" / "best.pt").is_file() and len((run_dir / "results.csv").read_text().splitlines()) == 2
+    tests = sorted(p.name for p in (data.parent / "images" / "test").glob("*.jpg"))[:2]
+    assert sorted(p.name for p in (run_dir / "predict").glob("*.jpg")) == tests and len(tests) == 2
+    summary = next(line for line in out.splitlines() if line.startswith("main job: "))
+    assert "1 epochs in" in summary and f"2 predicted test images in {run_dir / 'predict'}" in summary
+    assert "val mAP50 " in summary and "nan" not in summary
+
+
+def test_main_job_rejects_bad_arguments(env, tmp_path):
+    p = subprocess.run(["yolo-plugins", "main-job", "epochs"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and "arguments are key=value, got 'epochs'" in p.stderr
+
+
 def _torch_model(best: Path) -> torch.nn.Module:
     from ultralytics import YOLO
 

@@ -1,5 +1,6 @@
 """``yolo-plugins``: the project's console script.
 
+yolo-plugins main-job [key=value ...]  train the default model on the embedded set, validate, predict test images
 yolo-plugins list                      blocks the plugin registered (name, class, source, rule, fuse)
 yolo-plugins profile model=... ...     the profile tool (same as ``python -m yolo_plugins.profile``)
 yolo-plugins convert fork.yaml [-o native.yaml]   a fork-style YAML written as a native one (also model=... out=...)
@@ -12,6 +13,8 @@ import sys
 USAGE = """usage: yolo-plugins <command> [key=value ...]
 
 commands:
+  main-job  train the default model on the embedded shapes set (~15 min on 2 CPU cores), validate, predict 8 test
+            images; key=value overrides the recipe (any yolo train argument), predict=N
   list      the blocks the plugin registered
   profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)
   convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)"""
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from .profile.__main__ import main as profile_main
 
         return profile_main(rest, prog="yolo-plugins profile")
+    if cmd == "main-job":
+        from .main_job import main as main_job
+
+        return main_job(rest)
     if cmd == "convert":
         return _convert(rest)
     if cmd == "list":

@@ -1,0 +1,137 @@
+"""The main job: train the default model on the embedded shapes set, validate it, save a few predicted test images.
+
+    yolo-plugins main-job [key=value ...]      # any ``yolo train`` argument overrides the recipe, plus
+                                                # predict=N (test images to predict and save, default 8)
+
+Everything runs through the stock engine (``RTDETR(...).train``/``.predict``; a YOLO-headed model gets ``YOLO``), on
+the CPU, offline: the data set is generated on first use, the model is built from its YAML. ``RECIPE`` is the recipe
+``docs/main-job.md`` explains setting by setting (the learning benchmark uses it too, with its own epoch count). The
+equivalent ``yolo`` command lines are printed before the run starts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# The recipe: small images, batches of 4 with one optimizer step each (nbs=batch: Ultralytics would otherwise
+# accumulate gradients up to 64 images), AdamW, a one-epoch warm-up without the large bias warm-up rate (0.1, meant for
+# SGD), no mosaic (it shrinks the already small objects). epochs=16 fills about 15 minutes on 2 CPU cores.
+RECIPE: dict[str, Any] = {
+    "model": "rtdetr-effvit.yaml",
+    "data": "shapes.yaml",
+    "imgsz": 224,
+    "epochs": 16,
+    "batch": 4,
+    "nbs": 4,
+    "optimizer": "AdamW",
+    "lr0": 0.001,
+    "warmup_epochs": 1,
+    "warmup_bias_lr": 0.001,
+    "mosaic": 0.0,
+    "device": "cpu",
+    "workers": 0,
+    "seed": 0,
+    "project": "runs/main-job",
+    "name": "train",
+    "exist_ok": True,
+}
+PREDICT = 8  # test images predicted and saved at the end
+
+
+def model_class(cfg: str):
+    """``RTDETR`` for a model whose head is ``RTDETRDecoder`` (YAML or checkpoint), else ``YOLO``."""
+    from ultralytics import RTDETR, YOLO
+
+    if str(cfg).endswith((".yaml", ".yml")):
+        from ultralytics.nn.tasks import yaml_model_load
+
+        head = yaml_model_load(cfg).get("head") or [[None, None, None]]
+        return RTDETR if str(head[-1][2]) == "RTDETRDecoder" else YOLO
+    return RTDETR if "rtdetr" in Path(cfg).name else YOLO
+
+
+def parse(argv: list[str]) -> tuple[dict[str, Any], int]:
+    """``key=value`` arguments over ``RECIPE`` (values as Ultralytics' CLI reads them) and ``predict=N``."""
+    from ultralytics.cfg import smart_value
+
+    args, n = dict(RECIPE), PREDICT
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or not key:
+            raise ValueError(f"main-job: arguments are key=value, got {a!r}")
+        if key == "predict":
+            n = int(value)
+        else:
+            args[key] = smart_value(value)
+    return args, n
+
+
+def test_images(data: str, n: int) -> list[str]:
+    """The first ``n`` images of the data set's test split (its val split if it has none)."""
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    d = check_det_dataset(data)
+    split = d.get("test") or d["val"]
+    folders = split if isinstance(split, list) else [split]
+    files = sorted(p for f in folders for p in Path(f).rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
+    return [str(p) for p in files[:n]]
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Train, validate (the engine validates ``best.pt`` at the end), predict ``predict=N`` test images; a summary."""
+    args, n = parse(argv)
+    train = {k: v for k, v in args.items() if k != "model"}
+    cli = " ".join(f"{k}={v}" for k, v in train.items())
+    print(f"$ yolo train model={args['model']} {cli}", flush=True)
+    t = time.perf_counter()
+    model = model_class(args["model"])(args["model"])
+    model.train(**train)
+    minutes = (time.perf_counter() - t) / 60
+    trainer = model.trainer
+    metrics = trainer.metrics or {}
+    best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    images = test_images(args["data"], n) if n > 0 else []
+    saved = None
+    if images:
+        out = Path(trainer.save_dir)
+        print(f"$ yolo predict model={best} source=<{len(images)} test images> save=True project={out}", flush=True)
+        predictor = model_class(str(best))(str(best))
+        predictor.predict(
+            images,
+            imgsz=args["imgsz"],
+            device=args["device"],
+            save=True,
+            project=str(out),
+            name="predict",
+            exist_ok=True,
+            verbose=False,
+        )
+        saved = out / "predict"
+    summary = {
+        "minutes": minutes,
+        "epochs": trainer.epoch + 1,
+        "mAP50": float(metrics.get("metrics/mAP50(B)", float("nan"))),
+        "mAP50-95": float(metrics.get("metrics/mAP50-95(B)", float("nan"))),
+        "weights": str(best),
+        "predictions": str(saved) if saved else None,
+    }
+    print(
+        f"main job: {summary['epochs']} epochs in {minutes:.1f} min; val mAP50 {summary['mAP50']:.3f}, "
+        f"mAP50-95 {summary['mAP50-95']:.3f} ({best}); "
+        + (f"{len(images)} predicted test images in {saved}" if saved else "no test images predicted")
+    )
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    """Console entry: ``yolo-plugins main-job [key=value ...]``."""
+    try:
+        parse(argv)
+    except ValueError as e:
+        print(f"{e}\nusage: yolo-plugins main-job [key=value ...] [predict=N]", file=sys.stderr)
+        return 2
+    run(argv)
+    return 0
