@@ -1,10 +1,11 @@
 """OpenVINO as an export target: Ultralytics' ``format="openvino"`` export of every zoo model at scale n, run by the
 OpenVINO CPU plugin in float32 and checked against PyTorch (tolerance 1e-3).
 
-Default run (about 20 s): one RT-DETR (``rtdetr-v10-psa-n``, the one with attention on S5) and one YOLO model
-(``yolov10-mix-n``) at 64 px, ``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer by layer, and one
-``yolo export format=openvino``. Every other zoo model, and ``rtdetr-v10-psa-n`` end to end at 128 px, is marked
-``slow`` and runs only when asked for: ``pytest -m slow tests/test_openvino.py`` (or ``YOLO_PLUGINS_SLOW=1``).
+Default run (about 30 s): the default model ``rtdetr-effvit-n``, ``rtdetr-v10-psa-n`` (the one with attention on S5)
+and one YOLO model (``yolov10-mix-n``) at 64 px, ``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer
+by layer, and one ``yolo export format=openvino``. Every other zoo model, and ``rtdetr-v10-psa-n`` end to end at
+128 px, is marked ``slow`` and runs only when asked for: ``pytest -m slow tests/test_openvino.py``
+(or ``YOLO_PLUGINS_SLOW=1``).
 
 Weights: a model built from YAML has default-initialised weights and identity BatchNorm statistics, under which the
 signal fades layer by layer and an RT-DETR's outputs barely depend on the image (its scores then sit within 1e-6 of
@@ -34,7 +35,8 @@ ov = pytest.importorskip("openvino")
 
 CFG = Path(__file__).resolve().parents[1] / "cfg" / "models"
 ZOO = sorted(p.stem for p in CFG.glob("*.yaml"))  # every zoo YAML has an n scale
-DEFAULT = ("rtdetr-v10-psa", "yolov10-mix")  # one RT-DETR and one YOLO model in the default run
+# the default model (rtdetr-effvit-n, the CPU-speed design), the RT-DETR with attention on S5 and one YOLO model
+DEFAULT = ("rtdetr-effvit", "rtdetr-v10-psa", "yolov10-mix")
 IMGSZ = 64
 ATOL = 1e-3
 CASES = [
