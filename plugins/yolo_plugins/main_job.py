@@ -34,7 +34,7 @@ RECIPE: dict[str, Any] = {
     "device": "cpu",
     "workers": 0,
     "seed": 0,
-    "project": "runs/main-job",
+    "project": "runs/main-job",  # below the working directory
     "name": "train",
     "exist_ok": True,
 }
@@ -83,6 +83,8 @@ def test_images(data: str, n: int) -> list[str]:
 def run(argv: list[str]) -> dict[str, Any]:
     """Train, validate (the engine validates ``best.pt`` at the end), predict ``predict=N`` test images; a summary."""
     args, n = parse(argv)
+    if not Path(str(args["project"])).is_absolute():  # Ultralytics would put it below its runs_dir setting
+        args["project"] = str(Path.cwd() / str(args["project"]))
     train = {k: v for k, v in args.items() if k != "model"}
     cli = " ".join(f"{k}={v}" for k, v in train.items())
     print(f"$ yolo train model={args['model']} {cli}", flush=True)
