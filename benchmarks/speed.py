@@ -149,11 +149,9 @@ def models_from(args: dict[str, Any]) -> list[Model]:
 
 def build(cfg: str):
     """``RTDETR(cfg)`` for a model whose head is ``RTDETRDecoder``, else ``YOLO(cfg)``."""
-    from ultralytics import RTDETR, YOLO
-    from ultralytics.nn.tasks import yaml_model_load
+    from yolo_plugins.main_job import model_class
 
-    head = yaml_model_load(cfg).get("head") or [[None, None, None]]
-    return (RTDETR if str(head[-1][2]) == "RTDETRDecoder" else YOLO)(cfg)
+    return model_class(cfg)(cfg)
 
 
 def brief(e: BaseException, limit: int = 160) -> str:
