@@ -72,23 +72,30 @@ DEFAULTS: dict[str, Any] = {
 # Arguments and models
 
 
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """``key=value`` arguments (Ultralytics style) over :data:`DEFAULTS`, typed like the defaults."""
-    args = dict(DEFAULTS)
+def typed_args(argv: list[str], defaults: dict[str, Any], prog: str) -> dict[str, Any]:
+    """``key=value`` arguments (Ultralytics style) over ``defaults``, typed like the defaults (also for
+    ``train_step.py``); a bad key or value exits naming ``prog``."""
+    args = dict(defaults)
     for a in argv:
         key, sep, value = a.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"speed.py: unknown argument {a!r}; valid keys: {', '.join(DEFAULTS)} (as key=value)")
-        kind = type(DEFAULTS[key])
+        if not sep or key not in defaults:
+            raise SystemExit(f"{prog}: unknown argument {a!r}; valid keys: {', '.join(defaults)} (as key=value)")
+        kind = type(defaults[key])
         if kind is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise SystemExit(f"speed.py: {key} must be True or False, not {value!r}")
+                raise SystemExit(f"{prog}: {key} must be True or False, not {value!r}")
             args[key] = value.lower() in ("true", "1", "yes")
         else:
             try:
                 args[key] = kind(value)
             except ValueError:
-                raise SystemExit(f"speed.py: {key} must be {kind.__name__}, not {value!r}") from None
+                raise SystemExit(f"{prog}: {key} must be {kind.__name__}, not {value!r}") from None
+    return args
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments over :data:`DEFAULTS` (see :func:`typed_args`), then the runtime checks."""
+    args = typed_args(argv, DEFAULTS, "speed.py")
     unknown = set(split(args["runtimes"])) - set(RUNTIMES)
     if unknown:
         raise SystemExit(f"speed.py: unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any
 
+from speed import typed_args  # the same key=value rules as speed.py (this folder is on sys.path)
+
 DEFAULTS: dict[str, Any] = {
     "models": "rtdetr-effvit.yaml,rtdetr-effvit-s.yaml,yolov10-effvit.yaml,yolov10n.yaml",
     "nd": "",
@@ -31,17 +33,6 @@ DEFAULTS: dict[str, Any] = {
     "baseline": "yolov10n",
 }
 PARTS = ("forward+loss", "backward", "optimizer")
-
-
-def parse(argv: list[str]) -> dict[str, Any]:
-    """``key=value`` arguments over ``DEFAULTS``."""
-    args = dict(DEFAULTS)
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"unknown argument {a!r}; arguments: {', '.join(DEFAULTS)}\n{__doc__}")
-        args[key] = type(DEFAULTS[key])(value) if isinstance(DEFAULTS[key], int) else value
-    return args
 
 
 def build(cfg: str, nd: int | None):
@@ -95,7 +86,7 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    args = parse(argv)
+    args = typed_args(argv, DEFAULTS, "train_step.py")
     torch.set_num_threads(1)
     nds = [int(v) for v in str(args["nd"]).split(",") if v.strip()] or [None]
     models = {}

@@ -80,9 +80,10 @@ def test_images(data: str, n: int) -> list[str]:
     return [str(p) for p in files[:n]]
 
 
-def run(argv: list[str]) -> dict[str, Any]:
-    """Train, validate (the engine validates ``best.pt`` at the end), predict ``predict=N`` test images; a summary."""
-    args, n = parse(argv)
+def run(args: dict[str, Any], n: int = PREDICT) -> dict[str, Any]:
+    """Train with ``args`` (``parse``'s), validate (the engine validates ``best.pt`` at the end), predict ``n`` test
+    images; a summary."""
+    args = dict(args)
     if not Path(str(args["project"])).is_absolute():  # Ultralytics would put it below its runs_dir setting
         args["project"] = str(Path.cwd() / str(args["project"]))
     train = {k: v for k, v in args.items() if k != "model"}
@@ -131,9 +132,9 @@ def run(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Console entry: ``yolo-plugins main-job [key=value ...]``."""
     try:
-        parse(argv)
+        args, n = parse(argv)
     except ValueError as e:
         print(f"{e}\nusage: yolo-plugins main-job [key=value ...] [predict=N]", file=sys.stderr)
         return 2
-    run(argv)
+    run(args, n)
     return 0
