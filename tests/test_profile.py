@@ -18,10 +18,10 @@ from ultralytics.utils.torch_utils import get_flops
 from yolo_plugins.profile import count, table
 from yolo_plugins.profile.__main__ import main as profile_main
 from yolo_plugins.profile.counting import msdeform_attn_macs
-from yolo_plugins.profile.roles import analyse
 from yolo_plugins.profile.sweep import deployable, measure
 from yolo_plugins.profile.timing import DECODER_STEPS, time_components
 from yolo_plugins.profile.variants import variants
+from yolo_plugins.roles import analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 R50 = "rtdetr-resnet50.yaml"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..roles import analyse
 from . import table
 from .counting import Counts, count
-from .roles import analyse
 from .timing import Timing, time_components
 from .variants import Variant, variants
 

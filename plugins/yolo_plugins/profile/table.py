@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..roles import DECODER_ORDER, ENCODER_ROLES, Layers, analyse, decoder_role
 from .counting import Counts
-from .roles import DECODER_ORDER, ENCODER_ROLES, Layers, analyse, decoder_role
 from .timing import Timing
 
 
