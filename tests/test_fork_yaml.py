@@ -381,19 +381,27 @@ def test_fasternet_row0_is_a_timm_backbone(tmp_path):
     assert [r[2] for r in native["backbone"][1:5]] == ["Pick"] * 4
 
 
-def test_pretrained_true_is_refused_at_layer_0(tmp_path, monkeypatch):
-    """``resnet18`` with ``[True]`` fails as layer 0, saying nothing downloads, without touching the network."""
+def test_pretrained_true_not_cached_offline_fails_at_layer_0(tmp_path, monkeypatch):
+    """``resnet18`` with ``[True]`` asks the Hugging Face cache for timm's weights (tests/test_hub_weights.py); offline
+    with nothing cached it fails as layer 0, naming the hub repo, without touching the network."""
 
     def no_network(*args, **kwargs):
         raise AssertionError("network access attempted")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = fork_copy(tmp_path, "rtdetr-resnet18-fork", ("resnet18, [False]", "resnet18, [True]"))
-    with pytest.raises(LayerError) as e:
+    assert prepare(yaml.safe_load(path.read_text()), namespace())["backbone"][0][2:] == [
+        "TimmBackbone",
+        ["resnet18", [-4, -3, -2, -1], True],
+    ]
+    with pytest.raises(ValueError) as e:
         RTDETR(str(path))
-    assert (e.value.index, e.value.module) == (0, "resnet18")
-    assert str(e.value).startswith("layer 0: resnet18: ") and "never downloads" in str(e.value)
+    msg = str(e.value)
+    assert e.value.layer == 0
+    assert msg.startswith("layer 0: TimmBackbone: pretrained=True ") and "timm/resnet18.a1_in1k" in msg
 
 
 @pytest.mark.parametrize("source", [1, 0])

@@ -60,15 +60,21 @@ def test_feature_info_builds_on_meta_and_never_asks_timm_for_weights(monkeypatch
     forwards = []
     hook = nn.modules.module.register_module_forward_hook(lambda *a: forwards.append(1))
     try:
-        TimmBackbone.feature_info_for("resnet34", [-2, -1], None, 5)  # arguments no other test uses (not cached)
+        TimmBackbone.feature_info_for(
+            "resnet34", [-2, -1], None, in_chans=5
+        )  # arguments no other test uses (not cached)
     finally:
         hook.remove()
     assert calls == [(False, "meta", True)]
     assert forwards == []  # no dummy forward
 
 
-def test_pretrained_true_is_refused():
-    with pytest.raises(ValueError, match="local weights file"):
+def test_pretrained_true_asks_the_hugging_face_cache(tmp_path, monkeypatch):
+    """``True`` means timm's ImageNet weights through the HF cache (tests/test_hub_weights.py); offline and not cached,
+    the error names the hub repo to fetch."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"^TimmBackbone: pretrained=True .*timm/resnet18\.a1_in1k"):
         TimmBackbone("resnet18", pretrained=True)
 
 

@@ -4,6 +4,9 @@ Forks of Ultralytics that add backbones by editing ``parse_model`` share one con
 returns a *list* of feature maps (``EfficientViT_M0`` … ``EfficientViT_M5``, or a bare timm model name such as
 ``resnet18`` with ``[pretrained]`` or ``[pretrained, weights file]``); the fork pads its channel list in front to five
 entries, so layer indices 0-4 belong to the backbone, **2, 3, 4 are P3, P4, P5** and the next YAML row is layer 5.
+``[True]`` (a timm name's pretrained flag, or ``EfficientViT_M*``'s weights argument) takes timm's default ImageNet
+weights through the Hugging Face cache, as the forks' ``timm.create_model(..., pretrained=True)`` does; with
+``[True, weights file]`` or ``[False, weights file]`` that local file is loaded instead.
 
 ``translate`` turns such a YAML into native rows with the same numbering: row 0 becomes our ``EfficientViT`` or
 ``TimmBackbone`` (returning the backbone's deepest maps), followed by four ``Pick`` rows at indices 1-4, so every
@@ -69,7 +72,7 @@ def backbone(name: str, args: list, index: int = 0) -> ForkBackbone | None:
         from .blocks.efficientvit import EfficientViT
 
         if len(args) > 1:
-            raise LayerError(index, name, f"takes [] or [weights file], got {args!r}")
+            raise LayerError(index, name, f"takes [], [True] (timm's ImageNet weights) or [weights file], got {args!r}")
         variant = f"m{m[1]}"
         native = [-1, 1, "EfficientViT", [variant, *args]]
         channels, strides = EfficientViT.feature_info_for(variant)
@@ -81,15 +84,9 @@ def backbone(name: str, args: list, index: int = 0) -> ForkBackbone | None:
     if len(args) > 2:
         raise LayerError(index, name, f"takes [pretrained] or [pretrained, weights file], got {args!r}")
     pretrained = args[0] if args else False
-    if pretrained is True:
-        raise LayerError(
-            index,
-            name,
-            "pretrained True would download weights, and yolo-plugins never downloads: write [False] to start from "
-            "random weights, or [False, path/to/weights.pth] to load a local file",
-        )
-    if pretrained not in (False, None, 0):
+    if pretrained is not True and pretrained not in (False, None, 0):
         raise LayerError(index, name, f"args[0] must be pretrained True/False, got {pretrained!r}")
+    weights = args[1:] if len(args) > 1 and args[1] else ([True] if pretrained is True else [])
     from .blocks.timm_backbone import TimmBackbone
 
     _, strides = TimmBackbone.feature_info_for(name)
@@ -97,7 +94,7 @@ def backbone(name: str, args: list, index: int = 0) -> ForkBackbone | None:
         raise LayerError(index, name, f"returns {len(strides)} maps; the fork convention has room for {SLOTS}")
     outputs = min(len(strides), SLOTS - 1)  # fork index 0 (the stride-2 map of five) is never fed to a later row
     out_indices = list(range(-outputs, 0))
-    native = [-1, 1, "TimmBackbone", [name, out_indices, *args[1:]]]
+    native = [-1, 1, "TimmBackbone", [name, out_indices, *weights]]
     return ForkBackbone(name, native, outputs, strides[-outputs:])
 
 

@@ -10,7 +10,9 @@ Ultralytics builds a model in two steps, and an error in either is re-raised wit
 The exception keeps its type where it is one callers expect (``ValueError``, ``TypeError``, ``KeyError``,
 ``IndexError``, ``OSError``, ``RuntimeError``); what a YAML typo raises deep inside a block (``SyntaxError`` from the
 host's ``literal_eval``, a bare ``AssertionError``, ``ZeroDivisionError``, ``AttributeError``) becomes the nearest of
-those. Errors the plugin raised itself already name their layer and pass through.
+those. Errors that already name their layer (``LayerError``, ``UnknownModuleError``) pass through; the plugin's other
+errors raised while a row is built (a ``WeightsError`` from a block's ``pretrained=``) get the prefix and keep their
+type.
 """
 
 from __future__ import annotations
@@ -95,9 +97,9 @@ def wrap_parse_model(patched: Callable, original: Callable, before: Callable[[di
         prepared = before(d)
         try:
             return patched(prepared, ch, verbose)
-        except PluginError:
-            raise
         except Exception as e:
+            if isinstance(e, PluginError) and getattr(e, "index", None) is not None:  # LayerError, UnknownModuleError
+                raise
             frame = next((f for f in _frames(e.__traceback__) if f.f_code is code), None)
             index = frame.f_locals.get("i") if frame is not None else None
             if not isinstance(index, int) or getattr(e, "layer", None) is not None:

@@ -1,13 +1,14 @@
 """Pretrained weights from local files only: find the file, read it, check every tensor, then load all or nothing.
 
 ``resolve_weights`` looks a relative path up in the working directory, then in the folders of
-``YOLO_PLUGINS_WEIGHTS``, then in the checkout's ``weights/`` folder; it never downloads. ``load_pretrained`` reads
-``.pt``/``.pth`` (and any ``torch.save`` file) or ``.safetensors``, unwraps the usual containers (``{'model': ...}``,
-``{'state_dict': ...}``, ``{'ema': ...}``, Ultralytics checkpoints holding a whole module, DDP's ``module.`` prefix),
-finds the prefix the module's keys sit below (``model.0.``, mmdetection's ``backbone.``), optionally renames keys from
-another release layout, and validates the result against the module before anything is copied: shape mismatches,
-nothing matched, and tensors the module needs but the file lacks are errors that list the keys. Checkpoint keys the
-module has no place for (a classifier head) are skipped and reported.
+``YOLO_PLUGINS_WEIGHTS``, then in the checkout's ``weights/`` folder; it never downloads (the backbones' ``True``,
+timm's ImageNet weights through the Hugging Face cache, is turned into a local file by ``hub_weights`` first).
+``load_pretrained`` reads ``.pt``/``.pth`` (and any ``torch.save`` file) or ``.safetensors``, unwraps the usual
+containers (``{'model': ...}``, ``{'state_dict': ...}``, ``{'ema': ...}``, Ultralytics checkpoints holding a whole
+module, DDP's ``module.`` prefix), finds the prefix the module's keys sit below (``model.0.``, mmdetection's
+``backbone.``), optionally renames keys from another release layout, and validates the result against the module
+before anything is copied: shape mismatches, nothing matched, and tensors the module needs but the file lacks are
+errors that list the keys. Checkpoint keys the module has no place for (a classifier head) are skipped and reported.
 
 Files are read with ``torch.load(weights_only=True)``. Only a file that holds pickled classes (a whole module) is
 read again with ``weights_only=False``, and never when Ultralytics' restricted loading (``ULTRALYTICS_SAFE_LOAD``) is
@@ -77,22 +78,24 @@ def resolve_weights(path: PathLike) -> Path:
 
     Absolute paths (and ``~``) are used as given; relative ones are tried in the folders of ``paths.weights_dirs()``:
     the working directory, the ``YOLO_PLUGINS_WEIGHTS`` folders, the checkout's ``weights/``. A missing file raises
-    ``FileNotFoundError`` naming the path and the folders searched.
+    ``FileNotFoundError`` naming the path and the folders searched. A symbolic link keeps its own name (the Hugging
+    Face cache links ``model.safetensors`` to a blob without a suffix, and the suffix tells the format).
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise TypeError(
-            f"weights must be the path of a local file, got {path!r}; nothing is ever downloaded "
-            "(see weights/README.md for where to put the file)"
+            f"weights must be the path of a local file, got {path!r}; nothing is ever downloaded here "
+            "(see weights/README.md for where to put the file; the backbones take pretrained=True for timm's "
+            "ImageNet weights)"
         )
     p = Path(path).expanduser()
     candidates = [p] if p.is_absolute() else [d / p for d in weights_dirs()]
     for c in candidates:
         if c.is_file():
-            return c.resolve()
+            return c.parent.resolve() / c.name
     where = ", ".join(str(c.parent) for c in candidates)
     raise FileNotFoundError(
-        f"weights file '{path}' not found (searched: {where}). Weights are never downloaded: put the file in one of "
-        "these folders or pass an absolute path (see weights/README.md for the accepted formats)."
+        f"weights file '{path}' not found (searched: {where}). A weights path is never downloaded: put the file in "
+        "one of these folders or pass an absolute path (see weights/README.md for the accepted formats)."
     )
 
 

@@ -13,7 +13,10 @@ timm's code is copied; timm is imported on first use so that ``import ultralytic
   gone; weights of the third stage in a checkpoint are skipped.
 * Window attention keeps the window sizes of the 224x224 ImageNet model (7, 7 and 4 in the last stage, whose
   attention biases are sized for that); timm pads every feature map to whole windows, so any input size works.
-* ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``yolo_plugins.weights``).
+* ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``yolo_plugins.weights``);
+  ``pretrained=True`` loads timm's default ImageNet weights (``timm/efficientvit_mN.r224_in1k``) from the Hugging Face
+  cache, downloading them into it only when missing (``yolo_plugins.hub_weights``), through the same loader.
+  Nothing downloads unless ``True`` is given.
 * ``fuse()`` folds every conv+BN and BN+linear pair in place (the engine's ``model.fuse()`` calls it).
 """
 
@@ -109,7 +112,9 @@ class EfficientViT(TimmBasedBackbone):
 
     Args:
         variant: ``"m0"`` ... ``"m5"``.
-        pretrained: optional local weights file (timm or official format; relative paths: ``paths.weights_dirs``).
+        pretrained: a local weights file (timm or official format; relative paths: ``paths.weights_dirs``), or
+            ``True`` for timm's default ImageNet weights (``efficientvit_mN.r224_in1k``) through the Hugging Face
+            cache (downloaded only if not cached); ``None``/``False``: random weights.
         stem_stride: 8 (detection stem, outputs at strides 8/16/32) or 16 (classifier stem, 16/32/64).
         p3: ``"stage"`` (the three stages' outputs) or ``"stem"`` (with ``stem_stride=16``: the stem's stride-8 map,
             then the first two stages at 16/32; the third stage is not built).
@@ -119,7 +124,7 @@ class EfficientViT(TimmBasedBackbone):
     def __init__(
         self,
         variant: str = "m0",
-        pretrained: str | Path | None = None,
+        pretrained: str | Path | bool | None = None,
         stem_stride: int = 8,
         p3: str = "stage",
         in_chans: int = 3,
@@ -149,7 +154,7 @@ class EfficientViT(TimmBasedBackbone):
     def feature_info_for(
         cls,
         variant: str = "m0",
-        pretrained: str | Path | None = None,
+        pretrained: str | Path | bool | None = None,
         stem_stride: int = 8,
         p3: str = "stage",
         in_chans: int = 3,
@@ -159,6 +164,9 @@ class EfficientViT(TimmBasedBackbone):
         if _p3(p3, s) == "stem":
             return [widths[0] // 2, widths[0], widths[1]], [8, 16, 32]
         return list(widths), [s, 2 * s, 4 * s]
+
+    def _timm_name(self) -> str:
+        return f"efficientvit_{self.variant}"
 
     def _load(self, path: str | Path) -> LoadReport:
         """Load a local timm-format or official-format checkpoint (all tensors validated first, or nothing)."""

@@ -1,6 +1,6 @@
 """``TimmBackbone``: any timm model that supports ``features_only`` as a multi-output YAML layer.
 
-YAML ``[-1, 1, TimmBackbone, [model, out_indices, pretrained]]`` (trailing arguments optional), e.g.
+YAML ``[-1, 1, TimmBackbone, [model, out_indices, pretrained, first_projection]]`` (trailing arguments optional), e.g.
 ``[-1, 1, TimmBackbone, [resnet18, [-3, -2, -1]]]``: the layer returns the feature maps timm's ``features_only``
 model returns, and the parser learns their channels and strides from timm's ``feature_info``, read from a model built
 on the meta device (no memory, no forward, no download). Select maps with ``Pick``.
@@ -8,8 +8,15 @@ on the meta device (no memory, no forward, no download). Select maps with ``Pick
 * ``out_indices`` are timm's own feature-level indices for that model (``resnet18`` has five levels, strides
   2..32; ``convnext_atto`` four, strides 4..32); negative ones count from the deepest, so ``[-3, -2, -1]`` is
   P3/P4/P5 for the usual strides-8/16/32 families. ``None`` returns every level timm exposes.
-* ``pretrained`` is a local weights file only (a timm classifier state dict, a timm ``features_only`` state dict, or
-  a wrapped checkpoint; see ``yolo_plugins.weights``); timm is never asked for pretrained weights, so nothing downloads.
+* ``pretrained`` is a local weights file (a timm classifier state dict, a timm ``features_only`` state dict, or a
+  wrapped checkpoint; see ``yolo_plugins.weights``), or ``True``: timm's default ImageNet weights for the model name
+  (its pretrained config's Hugging Face Hub repo, e.g. ``timm/resnet18.a1_in1k``), read from the Hugging Face cache
+  and downloaded into it only when missing (``yolo_plugins.hub_weights``). Either way the file is loaded by the same
+  validated all-or-nothing loader; ``False``/``None``: random weights. Nothing downloads unless ``True`` is given.
+* ``first_projection=True`` gives block 0 of the first stage of a timm ResNet a 1x1 conv + BN projection shortcut
+  where timm has the identity (BasicBlock depths: ``resnet18d``/``resnet34d``). The official RT-DETR PResNet-18/34
+  backbones have it, so their checkpoints need it. It starts as an exact identity (unit kernel, BN statistics that
+  leave the input unchanged), so ImageNet weights without it compute what timm's model computes.
 * ``fuse()`` runs timm's own ``reparameterize_model`` in place: every module timm gives a ``fuse()``,
   ``reparameterize()`` or ``switch_to_deploy()`` (RepViT, FastViT, MobileOne, EfficientViT-M, LeViT conv+BN pairs,
   ...) is folded. Plain conv/BN pairs timm leaves unfused (ResNet, ConvNeXt) stay as they are.
@@ -65,7 +72,38 @@ def _out_indices(out_indices: OutIndices) -> tuple[int, ...] | None:
     return tuple(out_indices)
 
 
-def _create(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> nn.Module:
+def _add_first_projection(net: nn.Module, model: str) -> None:
+    """Give block 0 of a timm ResNet's first stage a 1x1 conv + BN projection shortcut, initialised as the identity.
+
+    The shortcut is ``downsample`` as timm names it (``[pool, conv, norm]``, the pool an identity at stride 1), so its
+    tensors are ``layer1.0.downsample.1.weight`` and ``layer1.0.downsample.2.*`` like every other stage's projection.
+    """
+    block = next(iter(getattr(net, "layer1", None) or []), None)
+    if block is None or not hasattr(block, "downsample"):
+        raise ValueError(
+            f"TimmBackbone: first_projection needs a timm ResNet (a 'layer1' of blocks with a 'downsample' shortcut); "
+            f"{model!r} has none"
+        )
+    if block.downsample is not None:
+        raise ValueError(
+            f"TimmBackbone: {model!r} already has a projection shortcut in layer1.0; drop first_projection"
+        )
+    conv = block.conv1
+    c = int(conv.in_channels)
+    if c != int(getattr(block, "conv3", getattr(block, "conv2", conv)).out_channels):
+        raise ValueError(f"TimmBackbone: layer1.0 of {model!r} changes the width; it has a projection already")
+    proj = nn.Conv2d(c, c, 1, bias=False, device=conv.weight.device, dtype=conv.weight.dtype)
+    norm = type(block.bn1)(c, device=conv.weight.device, dtype=conv.weight.dtype)
+    if conv.weight.device.type != "meta":
+        with torch.no_grad():
+            proj.weight.copy_(torch.eye(c).view(c, c, 1, 1))
+            norm.running_var.fill_(1.0 - norm.eps)  # (x - 0) / sqrt(1 - eps + eps) * 1 + 0 == x
+    block.downsample = nn.Sequential(nn.Identity(), proj, norm)
+
+
+def _create(
+    model: str, out_indices: tuple[int, ...] | None, in_chans: int, first_projection: bool = False
+) -> nn.Module:
     """timm's ``features_only`` model, never with pretrained weights; a clear error when it cannot be built."""
     import timm
 
@@ -73,7 +111,7 @@ def _create(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> n
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:
-        return timm.create_model(model, **kwargs)
+        net = timm.create_model(model, **kwargs)
     except IndexError:
         with torch.device("meta"):
             levels = len(timm.create_model(model, features_only=True, pretrained=False).feature_info.out_indices)
@@ -85,13 +123,24 @@ def _create(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> n
         if "features_only" in str(e) or "feature" in str(e).lower():
             raise ValueError(f"TimmBackbone: timm model {model!r} does not support features_only: {e}") from None
         raise
+    if first_projection:
+        _add_first_projection(net, model)
+    return net
+
+
+def _first_projection(value: object) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise ValueError(f"TimmBackbone: first_projection must be true or false, got {value!r}")
 
 
 @functools.lru_cache(maxsize=64)
-def _feature_info(model: str, out_indices: tuple[int, ...] | None, in_chans: int) -> tuple[list[int], list[int]]:
+def _feature_info(
+    model: str, out_indices: tuple[int, ...] | None, in_chans: int, first_projection: bool = False
+) -> tuple[list[int], list[int]]:
     try:
         with torch.device("meta"):  # no memory, no initialisation cost, no forward
-            net = _create(model, out_indices, in_chans)
+            net = _create(model, out_indices, in_chans, first_projection)
     except (NotImplementedError, RuntimeError):  # a model whose constructor cannot run on meta tensors
         net = _create(model, out_indices, in_chans)
     return [int(c) for c in net.feature_info.channels()], [int(r) for r in net.feature_info.reduction()]
@@ -104,7 +153,10 @@ class TimmBackbone(TimmBasedBackbone):
     Args:
         model: timm model name (``timm.list_models()``), e.g. ``"resnet18"``, ``"convnext_atto"``.
         out_indices: timm feature levels to return (negative: from the deepest); ``None``: all of them.
-        pretrained: optional local weights file (relative paths: see ``paths.weights_dirs``); never a download.
+        pretrained: a local weights file (relative paths: see ``paths.weights_dirs``), or ``True`` for timm's default
+            ImageNet weights through the Hugging Face cache (downloaded only if not cached); ``None``/``False``: none.
+        first_projection: add a 1x1 conv + BN projection shortcut to block 0 of a ResNet's first stage (official
+            RT-DETR PResNet-18/34 layout); it starts as the identity.
         in_chans: input channels (the YAML parser passes the input layer's channels).
     """
 
@@ -112,15 +164,15 @@ class TimmBackbone(TimmBasedBackbone):
         self,
         model: str = "resnet18",
         out_indices: OutIndices = None,
-        pretrained: str | Path | None = None,
+        pretrained: str | Path | bool | None = None,
+        first_projection: bool = False,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        if pretrained is True:
-            raise ValueError("TimmBackbone: pretrained must be a local weights file path; nothing is ever downloaded")
         self.name = _check_name(model)
         self.out_indices = _out_indices(out_indices)
-        self.model = _create(self.name, self.out_indices, in_chans)
+        self.first_projection = _first_projection(first_projection)
+        self.model = _create(self.name, self.out_indices, in_chans, self.first_projection)
         self.channels = [int(c) for c in self.model.feature_info.channels()]
         self.strides = [int(r) for r in self.model.feature_info.reduction()]
         self._finish_init(self.model, pretrained)
@@ -130,11 +182,14 @@ class TimmBackbone(TimmBasedBackbone):
         cls,
         model: str = "resnet18",
         out_indices: OutIndices = None,
-        pretrained: str | Path | None = None,
+        pretrained: str | Path | bool | None = None,
+        first_projection: bool = False,
         in_chans: int = 3,
     ) -> tuple[list[int], list[int]]:
         """Channels and strides of the returned maps, from timm's ``feature_info`` of a model built on meta."""
-        channels, strides = _feature_info(_check_name(model), _out_indices(out_indices), int(in_chans))
+        channels, strides = _feature_info(
+            _check_name(model), _out_indices(out_indices), int(in_chans), _first_projection(first_projection)
+        )
         return list(channels), list(strides)  # copies: the cached lists stay as timm reported them
 
     def _to_features_layout(self, sd: StateDict) -> tuple[StateDict, str]:
@@ -157,11 +212,29 @@ class TimmBackbone(TimmBasedBackbone):
             out[k] = v
         return out, "timm classifier"
 
+    def _timm_name(self) -> str:
+        return self.name
+
     def _load(self, path: str | Path) -> LoadReport:
         """Load a local timm classifier or features_only state dict into the wrapped model."""
-        from ..weights import load_pretrained
+        from ..weights import WeightsError, load_pretrained
 
-        return load_pretrained(self.model, path, remap=self._to_features_layout, name=f"TimmBackbone({self.name})")
+        name = f"TimmBackbone({self.name})"
+        try:
+            return load_pretrained(self.model, path, remap=self._to_features_layout, name=name)
+        except WeightsError as e:
+            if not self.first_projection or "layer1.0.downsample" not in str(e):
+                raise
+        # A timm (ImageNet) file has no first projection: load everything else, keep the projection as it is.
+        block = self.model.layer1[0]
+        projection, block.downsample = block.downsample, None
+        try:
+            report = load_pretrained(self.model, path, remap=self._to_features_layout, name=name)
+        finally:
+            block.downsample = projection
+        report.defaulted += [f"layer1.0.downsample.{k}" for k in projection.state_dict()]
+        report.total += len(projection.state_dict())
+        return report
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the selected feature maps (channels ``self.channels``, strides ``self.strides``)."""
@@ -182,4 +255,5 @@ class TimmBackbone(TimmBasedBackbone):
 
     def extra_repr(self) -> str:
         idx = list(self.out_indices) if self.out_indices is not None else None
-        return f"model={self.name}, out_indices={idx}, fused={self.fused}"
+        extra = ", first_projection=True" if getattr(self, "first_projection", False) else ""
+        return f"model={self.name}, out_indices={idx}{extra}, fused={self.fused}"

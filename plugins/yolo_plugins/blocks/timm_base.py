@@ -4,8 +4,11 @@
   *is* ``nn.BatchNorm2d``; timm backbones (and their pretrained statistics) use ``eps=1e-5, momentum=0.1``. Retyping
   their BatchNorms to a subclass that adds nothing keeps timm's values while every ``isinstance(m, nn.BatchNorm2d)``
   check (fusing, thop, the engine) still holds.
-* Local weights and the fused state: ``pretrained=`` loads a local file at construction (never after ``fuse()``), the
-  load report is kept for the user but left out of pickles (checkpoints hold tensors and plain attributes only).
+* Pretrained weights and the fused state: ``pretrained=`` loads a local file, or with ``True`` timm's default ImageNet
+  weights through the Hugging Face cache (``yolo_plugins.hub_weights``: cache first, downloaded only when missing and
+  the hub is online), at construction (never after ``fuse()``); both go through the same validated all-or-nothing
+  loader. The load report is kept for the user but left out of pickles (checkpoints hold tensors and plain attributes
+  only).
 """
 
 from __future__ import annotations
@@ -34,17 +37,27 @@ class TimmBasedBackbone(nn.Module):
     fused: bool = False
     load_report: LoadReport | None = None
 
-    def _finish_init(self, net: nn.Module, pretrained: str | Path | None) -> None:
-        """Keep timm's BatchNorm settings in ``net``, then load ``pretrained`` (a local file) if given."""
+    def _finish_init(self, net: nn.Module, pretrained: str | Path | bool | None) -> None:
+        """Keep timm's BatchNorm settings in ``net``, then load ``pretrained`` (a local file or ``True``) if given."""
         keep_timm_norms(net)
         self.fused = False
         self.load_report = self.load(pretrained) if pretrained else None
 
-    def load(self, path: str | Path) -> LoadReport:
-        """Load a local weights file (all tensors validated first, or nothing; see ``yolo_plugins.weights``)."""
+    def load(self, path: str | Path | bool) -> LoadReport:
+        """Load a local weights file, or with ``True`` timm's default ImageNet weights for this model through the
+        Hugging Face cache (see ``yolo_plugins.hub_weights``); all tensors are validated first, or nothing is loaded
+        (see ``yolo_plugins.weights``)."""
         if self.fused:
             raise RuntimeError(f"{type(self).__name__}: load weights before fuse(); fused layers have no BatchNorm")
+        if path is True:
+            from ..hub_weights import timm_weights_file
+
+            path = timm_weights_file(self._timm_name(), type(self).__name__)
         return self._load(path)
+
+    def _timm_name(self) -> str:
+        """The timm model name whose default pretrained weights ``pretrained=True`` loads."""
+        raise NotImplementedError
 
     def _load(self, path: str | Path) -> LoadReport:
         raise NotImplementedError
