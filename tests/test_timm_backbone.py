@@ -216,3 +216,33 @@ def test_model_pickles_and_copies(tmp_path):
         ref = net(x)[0]
         assert torch.equal(back(x)[0], ref)
         assert torch.equal(copy.deepcopy(net)(x)[0], ref)
+
+
+def test_first_projection_starts_as_identity_and_takes_imagenet_weights(tmp_path):
+    """first_projection adds layer1.0's 1x1 conv + BN shortcut (the official PResNet-18/34 layout); it starts as the
+    identity, so a timm ImageNet file (which has no such tensors) loads and the outputs are timm's own."""
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18d", features_only=True, out_indices=(2, 3, 4)).eval()
+    randomise_bn(ref)
+    path = tmp_path / "resnet18d.pth"
+    torch.save(ref.state_dict(), path)
+    block = TimmBackbone("resnet18d", [-3, -2, -1], path, first_projection=True).eval()
+    proj = block.model.layer1[0].downsample
+    assert [tuple(p.shape) for p in proj.parameters()] == [(64, 64, 1, 1), (64,), (64,)]
+    assert sorted(block.load_report.defaulted)[:1] == ["layer1.0.downsample.1.weight"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(block(x), ref(x)):
+            assert torch.equal(a, b)
+    plain = TimmBackbone("resnet18d", [-3, -2, -1], first_projection=False)
+    assert plain.model.layer1[0].downsample is None
+    assert TimmBackbone.feature_info_for("resnet18d", [-3, -2, -1], None, True) == ([128, 256, 512], [8, 16, 32])
+
+
+def test_first_projection_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="already has a projection shortcut in layer1.0"):
+        TimmBackbone("resnet50d", [-1], first_projection=True)
+    with pytest.raises(ValueError, match="needs a timm ResNet"):
+        TimmBackbone("convnext_atto", [-1], first_projection=True)
+    with pytest.raises(ValueError, match="first_projection must be true or false"):
+        TimmBackbone("resnet18d", [-1], None, "yes")
