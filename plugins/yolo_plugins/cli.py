@@ -4,6 +4,8 @@ yolo-plugins main-job [key=value ...]  train the default model on the embedded s
 yolo-plugins list                      blocks the plugin registered (name, class, source, rule, fuse)
 yolo-plugins profile model=... ...     the profile tool (same as ``python -m yolo_plugins.profile``)
 yolo-plugins convert fork.yaml [-o native.yaml]   a fork-style YAML written as a native one (also model=... out=...)
+yolo-plugins import-weights file.pth [-o out.pt]  an official RT-DETR checkpoint as an Ultralytics one (also
+                                                  weights=... out=...)
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ commands:
             images; key=value overrides the recipe (any yolo train argument), predict=N
   list      the blocks the plugin registered
   profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)
-  convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)"""
+  convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)
+  import-weights  file.pth [-o out.pt]: an official RT-DETR / RT-DETRv2 checkpoint (lyuwenyu/RT-DETR) as an
+            Ultralytics checkpoint of the matching zoo model (or weights=... out=...)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_job(rest)
     if cmd == "convert":
         return _convert(rest)
+    if cmd == "import-weights":
+        return _import_weights(rest)
     if cmd == "list":
         import yolo_plugins
 
@@ -51,31 +57,63 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _convert(args: list[str]) -> int:
-    """``convert fork.yaml [-o native.yaml]`` or ``convert model=fork.yaml out=native.yaml``."""
-    from .convert import convert_file
-
+def file_and_output(args: list[str], key: str) -> tuple[str, str | None] | None:
+    """``file [-o out]`` or ``key=file out=out`` -> ``(file, out or None)``; ``None`` when the arguments do not fit."""
     opts = dict(a.split("=", 1) for a in args if "=" in a)
     plain = [a for a in args if "=" not in a]
     if "-o" in plain:
         k = plain.index("-o")
         if k + 1 >= len(plain):
-            print("yolo-plugins convert: -o needs a file name", file=sys.stderr)
-            return 2
+            return None
         opts.setdefault("out", plain.pop(k + 1))
         plain.pop(k)
-    model = opts.get("model") or (plain[0] if plain else None)
-    if model is None or len(plain) > (0 if "model" in opts else 1):
+    name = opts.get(key) or (plain[0] if plain else None)
+    if name is None or len(plain) > (0 if key in opts else 1) or set(opts) - {key, "out"}:
+        return None
+    return name, opts.get("out")
+
+
+def _convert(args: list[str]) -> int:
+    """``convert fork.yaml [-o native.yaml]`` or ``convert model=fork.yaml out=native.yaml``."""
+    from .convert import convert_file
+
+    parsed = file_and_output(args, key="model")
+    if parsed is None:
         print("usage: yolo-plugins convert fork.yaml [-o native.yaml]", file=sys.stderr)
         return 2
+    model, out = parsed
     try:
-        target, changes = convert_file(model, opts.get("out"))
+        target, changes = convert_file(model, out)
     except (OSError, ValueError) as e:
         print(f"yolo-plugins convert: {e}", file=sys.stderr)
         return 1
     print(f"{model} -> {target}")
     for line in changes:
         print(f"  {line}")
+    return 0
+
+
+def _import_weights(args: list[str]) -> int:
+    """``import-weights file.pth [-o out.pt]`` or ``import-weights weights=file.pth out=out.pt``."""
+    parsed = file_and_output(args, key="weights")
+    if parsed is None:
+        print(
+            "usage: yolo-plugins import-weights <official .pth> [-o out.pt]   (or weights=... out=...)", file=sys.stderr
+        )
+        return 2
+    from .import_weights import import_weights
+
+    path, out = parsed
+    try:
+        target, official, loaded, total = import_weights(path, out)
+    except (OSError, ValueError) as e:
+        print(f"yolo-plugins import-weights: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: {official}")
+    print(f"loaded {loaded}/{total} tensors")
+    print(f"wrote {target}  (yolo predict model={target} source=...; in Python: RTDETR('{target}'))")
+    if "rtdetr" not in target.name.lower():
+        print(f"note: the yolo command picks RT-DETR for model files whose name contains 'rtdetr'; rename {target}")
     return 0
 
 

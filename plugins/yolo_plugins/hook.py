@@ -10,7 +10,7 @@ back and removes every added name.
 
 What the replacements do lives in their own files: ``parser_patch`` (channels), ``yaml_rows`` (row checks, unknown
 names, per-scale and path args), ``layer_errors`` (every build error names its row), ``scales`` (scale letters),
-``data_names`` (bare data-set names), ``fusing`` and ``safe_load``.
+``data_names`` (bare data-set names), ``norms`` (the YAML's BatchNorm settings), ``fusing`` and ``safe_load``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from .parser_patch import DISPATCH, SUPPORTED, compile_patched, dispatch, host_v
 from .user_blocks import import_user_blocks
 
 SAFE_LOAD_MEMBERS = ("_lock", "_registry", "_build", "loading")  # what safe_load.wrap_loading uses
+# Host modules that import a patched function by name; those imported after activation hold the replacement.
+BY_NAME = (
+    ("ultralytics.data.utils", "check_file"),
+    ("ultralytics.engine.trainer", "load_checkpoint"),
+    ("ultralytics.nn.distill_model", "load_checkpoint"),
+)
 _lock = threading.RLock()
 _state: dict[str, Any] | None = None  # set while active: the patches applied and the names added
 
@@ -64,6 +70,8 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from .data_names import wrap_check_file
     from .fusing import wrap_fuse, wrap_is_fused
     from .layer_errors import wrap_model_init, wrap_parse_model
+    from .loading import wrap_load_checkpoint, wrap_model_load
+    from .norms import wrap_initialize_weights
     from .safe_load import wrap_loading
     from .scales import wrap_yaml_model_load
     from .yaml_rows import prepare
@@ -80,6 +88,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     parse = wrap_parse_model(patched, tasks.parse_model, lambda d: prepare(d, tasks.__dict__))
     load = wrap_yaml_model_load(tasks.yaml_model_load)
     check_file = wrap_check_file(checks.check_file)
+    load_ckpt = wrap_load_checkpoint(tasks.load_checkpoint)
     rows = [
         (tasks, "parse_model", parse),
         (unn, "parse_model", parse),
@@ -87,14 +96,21 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (unn, "yaml_model_load", load),
         (emodel, "yaml_model_load", load),
         (tasks.DetectionModel, "__init__", wrap_model_init(tasks.DetectionModel.__init__, predict_once)),
+        (tasks, "initialize_weights", wrap_initialize_weights(tasks.initialize_weights)),
+        (tasks, "load_checkpoint", load_ckpt),
+        (unn, "load_checkpoint", load_ckpt),
+        (emodel, "load_checkpoint", load_ckpt),
+        (tasks.BaseModel, "load", wrap_model_load(tasks.BaseModel.__dict__["load"])),
         (tasks.BaseModel, "fuse", wrap_fuse(tasks.BaseModel.__dict__["fuse"])),
         (tasks.BaseModel, "is_fused", wrap_is_fused(tasks.BaseModel.__dict__["is_fused"])),
         (safe, "loading", staticmethod(wrap_loading(safe.loading, safe, safe_added))),
         (checks, "check_file", check_file),
     ]
-    data_utils = sys.modules.get("ultralytics.data.utils")  # imported check_file by name; later importers get ours
-    if data_utils is not None:
-        rows.append((data_utils, "check_file", check_file))
+    by_name = {"check_file": check_file, "load_checkpoint": load_ckpt}
+    for name, attr in BY_NAME:  # modules that imported a function by name before activation
+        module = sys.modules.get(name)
+        if module is not None:
+            rows.append((module, attr, by_name[attr]))
     return [Patch(owner, attr, _raw(owner, attr), new) for owner, attr, new in rows]
 
 
@@ -161,10 +177,11 @@ def activate() -> None:
 def _restore(table: list[Patch], added: set[str], tasks) -> None:
     for patch in table:
         patch.restore()
-    data_utils = sys.modules.get("ultralytics.data.utils")  # imported after activation: it holds our check_file
-    checks = next((p for p in table if p.attr == "check_file"), None)
-    if checks is not None and data_utils is not None and getattr(data_utils, "check_file", None) is checks.replacement:
-        data_utils.check_file = checks.original
+    for name, attr in BY_NAME:  # imported after activation: the module holds our replacement
+        module = sys.modules.get(name)
+        patch = next((p for p in table if p.attr == attr and getattr(module, attr, None) is p.replacement), None)
+        if patch is not None:
+            setattr(module, attr, patch.original)
     for name in added:
         tasks.__dict__.pop(name, None)
 
