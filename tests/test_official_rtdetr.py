@@ -200,3 +200,20 @@ def test_bn_settings_come_from_the_yaml():
     d["bn_eps"] = "small"
     with pytest.raises(ValueError, match="bn_eps must be a number"):
         RTDETRDetectionModel(d, verbose=False)
+
+
+def test_fewer_sampling_points_are_read_from_the_tensors():
+    """RT-DETRv2 'sp2' (2 sampling points per head and level): the decoder is built with 2 points, every tensor loads.
+    (Its outputs were checked once against the official code, docs/pretrained.md; the fixture holds the 4-point one.)"""
+    meta, _ = fx.load("rtdetrv2_r18vd")
+    narrowed = {"sampling_offsets": 8 * 3 * 2 * 2, "attention_weights": 8 * 3 * 2, "num_points_scale": 3 * 2}
+    for entry in meta["keys"]:
+        part = entry[0].split(".")[-2] if not entry[0].endswith("num_points_scale") else "num_points_scale"
+        if part in narrowed:
+            entry[1][0] = narrowed[part]
+    sd = fx.release_state_dict(meta)
+    official = recognise(sd)
+    assert official.points == 2 and "2 sampling points" in str(official)
+    model, loaded = build(official, sd)
+    assert model.model[-1].decoder.layers[0].cross_attn.n_points == 2
+    assert loaded == len(sd) - 2 - 3  # anchors, valid_mask and the three num_points_scale buffers are computed
