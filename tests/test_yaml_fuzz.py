@@ -1,8 +1,10 @@
-"""Fuzz: every single-field mutant of a zoo YAML builds, or fails with a clear error that names its row.
+"""Fuzz: every single-field mutant of a zoo YAML builds and runs, or fails with a clear error that names its row.
 
 Each example takes a zoo YAML at scale n, changes ONE field of ONE row of ``backbone + head`` (module name, one
 argument, ``from``, repeats, one argument dropped or added; see ``yaml_mutants``) and builds it with the model class
-the YAML is for. Allowed outcomes: it builds, or it raises ValueError/TypeError/KeyError/IndexError/
+the YAML is for, then runs one forward pass (eval, 1x3x64x64): RT-DETR models run none while they are built, so a
+wrong Concat dimension or an nn.Upsample without a size only shows there. Allowed outcomes: it builds and runs, or it
+raises ValueError/TypeError/KeyError/IndexError/
 FileNotFoundError/RuntimeError (or a subclass) whose message contains ``layer k`` for the mutated row k. A mutation
 that only breaks a later row (a width change a later Concat consumes) may name that later row instead; a mutation
 that is invalid at row k itself (unknown module name, out-of-range or non-int ``from``, non-numeric repeats) must name
@@ -96,6 +98,24 @@ def test_repeats_mutants(mutant):
 @fuzz("arity")
 def test_arity_mutants(mutant):
     """One argument dropped, or one extra argument appended."""
+    check(mutant)
+
+
+@fuzz("size")
+def test_channel_count_mutants(mutant):
+    """A channel count (args[0]) that is zero, negative, text or not a whole number."""
+    check(mutant)
+
+
+@fuzz("cat_up")
+def test_concat_and_upsample_mutants(mutant):
+    """A Concat dimension or nn.Upsample arguments that only fail when the model runs (no size, text, bad mode)."""
+    check(mutant)
+
+
+@fuzz("from_list")
+def test_from_list_mutants(mutant):
+    """A multi-input ``from`` reordered, shortened, extended or narrowed to one input."""
     check(mutant)
 
 

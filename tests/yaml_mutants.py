@@ -1,7 +1,8 @@
 """Single-field mutants of the zoo YAMLs and the verdict on building one (used by test_yaml_fuzz.py).
 
 A mutant is a zoo YAML (scale n) with ONE field of ONE row of ``backbone + head`` changed: the module name, one
-argument, ``from``, the repeats, one argument dropped or one added. The contract: the mutant builds, or it raises a
+argument, ``from``, the repeats, one argument dropped or one added. The contract: the mutant builds and runs one
+forward pass (eval mode, 1x3x64x64), or building or that forward raises a
 ValueError/TypeError/KeyError/IndexError/FileNotFoundError/RuntimeError (subclasses too) whose message names the row
 (``layer k``), or a later row ``layer j`` (j > k) where the mutation changed what a later row consumes.
 
@@ -161,6 +162,25 @@ GROUPS: dict[str, tuple[tuple[str, ...], int, int]] = {
     "from": (("from",), 60, 303),
     "repeats": (("repeats",), 40, 404),
     "arity": (("drop_arg", "add_arg"), 70, 505),
+    "size": (("size",), 40, 606),
+    "cat_up": (("cat_up",), 40, 707),
+    "from_list": (("from_list",), 30, 808),
+}
+SIZES = [0, -1, -16, "abc", "64x", 2.5, None]  # a channel count (args[0]) that is zero, negative or not a number
+CONCAT_DIMS = [0, 2, 3, -1, 4, "x", 1.5, None]
+UPSAMPLE_ARGS = [
+    [None, None, "nearest"],
+    [None, 0, "nearest"],
+    [None, -2, "nearest"],
+    [None, "x", "nearest"],
+    [None, 2, "bogus"],
+    [None, 2],
+    [],
+]
+ROW_KINDS = {  # kinds that only apply to some rows: which rows
+    "size": lambda row: bool(row[3]) and isinstance(row[3][0], int) and not isinstance(row[3][0], bool),
+    "cat_up": lambda row: row[2] in ("Concat", "nn.Upsample"),
+    "from_list": lambda row: isinstance(row[0], list) and len(row[0]) > 1,
 }
 
 
@@ -168,15 +188,21 @@ def zoo_names() -> list[str]:
     return sorted(p.name for p in ZOO.glob("*.yaml"))
 
 
+def _rows(name: str) -> list:
+    base = _base(name)
+    return base["backbone"] + base["head"]
+
+
 @st.composite
 def mutants(draw, group: str) -> Mutant:
     """One single-field mutant of a zoo YAML, of a kind from ``GROUPS[group]``."""
-    name = draw(st.sampled_from(zoo_names()), label="yaml")
-    base = _base(name)
-    rows = base["backbone"] + base["head"]
     kinds = GROUPS[group][0]
     needs_args = all(kind in ("arg", "drop_arg") for kind in kinds)
-    k = draw(st.sampled_from([i for i, row in enumerate(rows) if row[3] or not needs_args]), label="row")
+    fits = ROW_KINDS.get(kinds[0], lambda row: bool(row[3]) or not needs_args)
+    name = draw(st.sampled_from([n for n in zoo_names() if any(fits(r) for r in _rows(n))]), label="yaml")
+    base = _base(name)
+    rows = base["backbone"] + base["head"]
+    k = draw(st.sampled_from([i for i, row in enumerate(rows) if fits(row)]), label="row")
     f, n, m, args = rows[k]
     kind = draw(st.sampled_from([kind for kind in kinds if args or kind not in ("arg", "drop_arg")]), label="kind")
     new = [f, n, m, list(args)]
@@ -191,6 +217,15 @@ def mutants(draw, group: str) -> Mutant:
         del new[3][draw(st.integers(0, len(args) - 1), label="position")]
     elif kind == "add_arg":
         new[3].append(draw(st.sampled_from(_arg_values(len(args), m)), label="value"))
+    elif kind == "size":
+        new[3][0] = draw(st.sampled_from([v for v in SIZES if _differs(v, args[0])]), label="size")
+    elif kind == "cat_up" and m == "Concat":
+        new[3] = [draw(st.sampled_from([v for v in CONCAT_DIMS if [v] != list(args)]), label="dim")]
+    elif kind == "cat_up":
+        new[3] = draw(st.sampled_from([v for v in UPSAMPLE_ARGS if v != list(args)]), label="upsample args")
+    elif kind == "from_list":
+        options = [f[::-1], f[:-1], [*f, -1], [*f, f[0]], [f[0]]]
+        new[0] = draw(st.sampled_from([v for v in options if v != f]), label="from")
     elif kind == "from":
         values = [(v, bad) for v, bad in _from_values(f, k, len(rows)) if _differs(v, f)]
         new[0], exact = draw(st.sampled_from(values), label="from")
@@ -233,12 +268,22 @@ def build(cfg: dict, rtdetr: bool):
 _LAYER = re.compile(r"\blayer (\d+)\b")
 
 
-def judge(mutant: Mutant, timeout: float = BUILD_TIMEOUT_S) -> Verdict:
-    """Build the mutant and classify the outcome against the contract."""
+def forward(model) -> None:
+    """One inference forward pass at 64 px, as a first ``predict`` would run it."""
+    import torch
+
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+
+
+def judge(mutant: Mutant, timeout: float = BUILD_TIMEOUT_S, run_forward: bool = True) -> Verdict:
+    """Build the mutant (and run one forward pass) and classify the outcome against the contract."""
     rtdetr = is_rtdetr(_base(mutant.yaml))
     try:
         with time_limit(timeout):
-            build(copy.deepcopy(mutant.cfg), rtdetr)
+            model = build(copy.deepcopy(mutant.cfg), rtdetr)
+            if run_forward:
+                forward(model)
     except BuildTimeout as e:
         return Verdict("timeout", str(e))
     except Exception as e:  # every exception type is classified below

@@ -25,6 +25,10 @@ class LayerError(PluginError, ValueError):
         super().__init__(layer_message(index, module, message))
 
 
+class LayerIndexError(LayerError, IndexError):
+    """A row reads a layer that does not exist before it (an ``IndexError``, as the host's own failure was)."""
+
+
 REGISTER_HINT = (
     "neither Ultralytics nor yolo-plugins defines it; to bring your own block, decorate its class with "
     "@yolo_plugins.register() in a module named in YOLO_PLUGINS_IMPORT"

@@ -4,8 +4,9 @@ Ultralytics builds a model in two steps, and an error in either is re-raised wit
 
 * ``parse_model`` (arguments, channels, construction): the row comes from the ``i``/``m`` locals of the parser's
   frame in the traceback, so nothing runs per layer when nothing fails;
-* the build-time forward of ``DetectionModel.__init__`` (stride computation): the row comes from the ``m`` local of
-  the host's ``_predict_once`` frame, with the shapes of the inputs that layer received.
+* the build-time forward of ``DetectionModel.__init__`` (stride computation), and every later forward of a YAML-built
+  model (``BaseModel._predict_once``, ``RTDETRDetectionModel.predict``, which runs no forward while it is built): the
+  row is the layer the forward loop was calling, with the shapes of the inputs it received.
 
 The exception keeps its type where it is one callers expect (``ValueError``, ``TypeError``, ``KeyError``,
 ``IndexError``, ``OSError``, ``RuntimeError``); what a YAML typo raises deep inside a block (``SyntaxError`` from the
@@ -17,6 +18,7 @@ type.
 
 from __future__ import annotations
 
+import ast
 import functools
 import linecache
 from types import TracebackType
@@ -106,12 +108,30 @@ def wrap_parse_model(patched: Callable, original: Callable, before: Callable[[di
                 raise
             detail = None
             arg = frame.f_locals.get("a")
+            row = yaml_rows.rows(prepared)[index]  # ``before`` checked every row: [from, n, name, args]
+            module = row[2]
             if isinstance(e, SyntaxError) and isinstance(arg, str):  # the host's literal_eval of a string argument
                 detail = f"argument {arg!r} is neither a Python literal nor a known name ({e.msg})"
-            module = yaml_rows.rows(prepared)[index][2]  # ``before`` checked every row: [from, n, name, args]
+            elif isinstance(e, TypeError) and "str" in str(e):
+                detail = _text_where_a_number_belongs(row[3], frame.f_locals, e)
             raise named(e, index, module, detail).with_traceback(e.__traceback__) from e
 
     return parse_model
+
+
+def _text_where_a_number_belongs(args: list, names: dict, e: BaseException) -> str | None:
+    """``args[k] is the text 'abc' ...`` for a row whose text argument reached arithmetic (``'<' not supported``)."""
+    texts = []
+    for k, a in enumerate(args):
+        if not isinstance(a, str) or a in names:
+            continue
+        try:
+            ast.literal_eval(a)
+        except (ValueError, SyntaxError):
+            texts.append(f"args[{k}] is the text {a!r}")
+    if not texts:
+        return None
+    return f"{', '.join(texts)} where a number belongs (e.g. 64 for channels, 3 for a kernel) ({e})"
 
 
 def _shape(x: Any) -> str:
@@ -128,14 +148,40 @@ def _inputs(m: Any, x: Any) -> list[str]:
     return [f"{_shape(v)} from layer {m.i + f if f < 0 else f}" for f, v in zip(sources, values)]
 
 
-def forward_error(e: BaseException, predict_once: Any) -> Exception | None:
-    """The named error for an exception raised while ``predict_once`` ran layer ``m``, else None."""
-    frame = next((f for f in reversed(list(_frames(e.__traceback__))) if f.f_code is predict_once), None)
-    m = frame.f_locals.get("m") if frame is not None else None
-    if m is None or not isinstance(getattr(m, "i", None), int):
+def _failing_layer(e: BaseException, codes: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """``(layer, its input)`` of the model layer that was running when ``e`` was raised inside one of ``codes``.
+
+    The layer is the first module called from the forward loop's frame whose ``self`` is a layer of that model (its
+    ``m.i`` is the row); its input is that call's first argument. An error in the loop itself (reading the inputs of
+    ``m``) falls back to the loop's ``m`` and ``x`` locals.
+    """
+    frames = list(_frames(e.__traceback__))
+    at = next((k for k in range(len(frames) - 1, -1, -1) if frames[k].f_code in codes), None)
+    if at is None:
         return None
+    loop = frames[at].f_locals
+    layers = getattr(loop.get("self"), "model", None)
+    members = {id(m) for m in layers} if layers is not None else set()
+    for frame in frames[at + 1 :]:
+        callee = frame.f_locals.get("self")
+        if id(callee) in members and isinstance(getattr(callee, "i", None), int):
+            args = frame.f_locals.get("args")
+            x = args[0] if isinstance(args, tuple) and args else frame.f_locals.get("x", loop.get("x"))
+            return callee, x
+    m = loop.get("m")
+    return (m, loop.get("x")) if isinstance(getattr(m, "i", None), int) else None
+
+
+def forward_error(e: BaseException, *codes: Any) -> Exception | None:
+    """The named error for an exception raised while a model's forward loop (one of ``codes``) ran a layer, else None.
+
+    The message names the row and module and gives the shapes of the inputs the layer received.
+    """
+    found = _failing_layer(e, codes)
+    if found is None:
+        return None
+    m, x = found
     module = getattr(m, "type", type(m).__name__).rsplit(".", 1)[-1]
-    x = frame.f_locals.get("x")
     inputs = _inputs(m, x)
     sizes = {tuple(v.shape[2:]) for v in x if hasattr(v, "shape")} if isinstance(x, (list, tuple)) else set()
     if module == "Concat" and len(sizes) > 1:
@@ -143,6 +189,26 @@ def forward_error(e: BaseException, predict_once: Any) -> Exception | None:
     else:
         detail = f"{_detail(e)} (input {', '.join(inputs)})"
     return named(e, m.i, module, detail)
+
+
+def wrap_forward(original: Callable) -> Callable:
+    """A model's forward loop (``BaseModel._predict_once``, ``RTDETRDetectionModel.predict``) whose failures name the
+    YAML row that failed, with the shapes it received; nothing runs per layer, nothing changes when nothing fails."""
+    code = original.__code__
+
+    @functools.wraps(original)
+    def forward_loop(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except Exception as e:
+            if getattr(e, "layer", None) is not None or isinstance(e, PluginError):
+                raise
+            out = forward_error(e, code)
+            if out is None:
+                raise
+            raise out.with_traceback(e.__traceback__) from e
+
+    return forward_loop
 
 
 def wrap_model_init(original: Callable, predict_once: Any) -> Callable:

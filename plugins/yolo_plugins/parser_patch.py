@@ -132,6 +132,7 @@ def dispatch(frame: dict) -> tuple[Any, list, int]:
     if c2 is not dispatch.FALL_THROUGH:  # the host's chain built this layer's channels
         if entry is not None and entry.check is not None:
             entry.check(frame)
+        _check_channels(frame, c2)
         return c2, args, n
     if entry is None or entry.rule is None:
         return frame["ch"][frame["f"]], args, n  # the host's own fall-through, unchanged
@@ -152,6 +153,21 @@ def dispatch(frame: dict) -> tuple[Any, list, int]:
     if layer.c2 is None:
         raise LayerError(layer.index, entry.name, f"channel rule {entry.rule!r} did not set the output channels")
     return layer.c2, layer.args, layer.n
+
+
+def _check_channels(frame: dict, c2: Any) -> None:
+    """A host-built layer whose output channels came out zero or negative fails at its own row, with the value the
+    YAML gave (the host would build it and fail at a later row)."""
+    if not isinstance(c2, int) or isinstance(c2, bool) or c2 > 0:
+        return
+    from .yaml_rows import rows
+
+    i = frame["i"]
+    row = rows(frame["d"])[i]
+    given = row[3][0] if row[3] else None
+    how = f" (args[0] is {given!r}" + (f", times the width multiple {frame['width']}" if frame["width"] != 1 else "")
+    how = how + ")" if given is not None else ""
+    raise LayerError(i, str(row[2]), f"output channels must be a positive number, got {c2}{how}")
 
 
 dispatch.FALL_THROUGH = object()  # what the deferred fall-through leaves in c2

@@ -1,6 +1,7 @@
 """What the hooked parser does to a model YAML's rows before the host's ``parse_model`` sees them (``prepare``).
 
 * ``check_rows``: every row is ``[from, repeats, module, args]`` with a list of args, else a layer error;
+* ``check_from``: every ``from`` reads earlier layers (or the input, for row 0), else an error listing those it can;
 * ``check_names``: unknown module names fail together, each with its layer index and the closest known names;
 * ``per_scale_args``: an argument written as ``{n: a, s: b}`` becomes the value for the model's scale;
 * ``quote_paths``: string arguments of plugin layers that are not Python literals (paths) stay strings.
@@ -14,7 +15,7 @@ import ast
 from typing import Callable
 
 from . import registry
-from .errors import LayerError, UnknownModuleError
+from .errors import LayerError, LayerIndexError, UnknownModuleError
 from .fork_yaml import SLOTS, looks_like_fork, translate
 
 
@@ -26,11 +27,13 @@ def prepare(d: dict, namespace: dict) -> dict:
     check_rows(d)
     if not looks_like_fork(d, namespace):
         check_names(d, namespace)
+        check_from(d)
         return quote_paths(per_scale_args(d))
     native, fork = translate(per_scale_args(d))
     if fork is None:  # an unknown backbone factory: number the layers as the fork does (row k >= 1 is layer k + 4)
         check_names(d, namespace, number=lambda k: k + SLOTS - 1 if k else 0, note=FORK_NOTE)
     check_names(native, namespace, note=FORK_NOTE)
+    check_from(native)
     return quote_paths(native)
 
 
@@ -52,6 +55,29 @@ def check_rows(d: dict) -> None:
             raise LayerError(i, module, f"args must be a list (e.g. [64, 3, 2]), got {row[3]!r}")
         if not isinstance(row[2], str):
             raise LayerError(i, module, f"the module must be a name such as Conv, got {row[2]!r}")
+
+
+def check_from(d: dict) -> None:
+    """Every ``from`` is an earlier layer (an index, or counted back: -1 the previous one) or a list of those; row 0
+    reads the input (-1). Otherwise a layer error naming the value and the layers the row can read."""
+    for i, row in enumerate(rows(d)):
+        f = row[0]
+        for x in f if isinstance(f, list) else [f]:
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise LayerError(
+                    i,
+                    row[2],
+                    f"from must be a layer index (an int, -1 for the previous layer) or a list of them, got {f!r}",
+                )
+            j = i + x if x < 0 else x
+            if i == 0 and x == -1 or 0 <= j < i:
+                continue
+            if i == 0:
+                reads = "the first row can only read the input image (from -1)"
+            else:
+                reads = f"this row can read layers 0-{i - 1} (from 0..{i - 1}, or -1..-{i} counted back from it)"
+            where = "a later layer or itself" if j >= i else "before layer 0"
+            raise LayerIndexError(i, row[2], f"from {x} points to {where} (layer {j}); {reads}")
 
 
 FORK_NOTE = "this YAML follows the forks' backbone-row convention; layers are numbered as the fork numbers them"
