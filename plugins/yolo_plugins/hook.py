@@ -69,7 +69,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
 
     from .data_names import wrap_check_file
     from .fusing import wrap_fuse, wrap_is_fused
-    from .layer_errors import wrap_model_init, wrap_parse_model
+    from .layer_errors import wrap_forward, wrap_model_init, wrap_parse_model
     from .loading import wrap_load_checkpoint, wrap_model_load
     from .norms import wrap_initialize_weights
     from .safe_load import wrap_loading
@@ -96,6 +96,8 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (unn, "yaml_model_load", load),
         (emodel, "yaml_model_load", load),
         (tasks.DetectionModel, "__init__", wrap_model_init(tasks.DetectionModel.__init__, predict_once)),
+        (tasks.BaseModel, "_predict_once", wrap_forward(tasks.BaseModel.__dict__["_predict_once"])),
+        (tasks.RTDETRDetectionModel, "predict", wrap_forward(tasks.RTDETRDetectionModel.__dict__["predict"])),
         (tasks, "initialize_weights", wrap_initialize_weights(tasks.initialize_weights)),
         (tasks, "load_checkpoint", load_ckpt),
         (unn, "load_checkpoint", load_ckpt),
@@ -186,6 +188,22 @@ def _restore(table: list[Patch], added: set[str], tasks) -> None:
         tasks.__dict__.pop(name, None)
 
 
+def _forget_safe_globals(names: set[str]) -> None:
+    """Take the plugin's classes out of torch's process-wide ``weights_only`` allow-list again: the host registers
+    what a restricted load needed with ``add_safe_globals`` for the life of the process."""
+    import torch.serialization as ts
+
+    def qualname(g) -> str:
+        obj = g[0] if isinstance(g, tuple) else g
+        return g[1] if isinstance(g, tuple) else f"{obj.__module__}.{obj.__qualname__}"
+
+    current = ts.get_safe_globals()
+    keep = [g for g in current if qualname(g) not in names]
+    if len(keep) != len(current):
+        ts.clear_safe_globals()
+        ts.add_safe_globals(keep)
+
+
 def deactivate() -> None:
     """Return Ultralytics to its stock behaviour: original functions back, added names removed."""
     global _state
@@ -195,5 +213,6 @@ def deactivate() -> None:
         _restore(_state["patches"], _state["added"], _state["tasks"])
         for name in _state["safe"]:  # allow-list entries the plugin added to the host's restricted loader
             (_state["tasks"]._SafeLoad._registry or {}).pop(name, None)
+        _forget_safe_globals(_state["safe"])
         registry._listeners.remove(_state["listener"])
         _state = None
