@@ -1,32 +1,39 @@
 """Learning benchmark: time to accuracy on the embedded shapes set, one recipe, the default model beside references.
 
-    python benchmarks/learning.py [models=NAME,...] [jobs=2] [limit=MINUTES] [out=runs/learning/learning.md]
-                                  [any yolo train override, e.g. epochs=5]
+    python benchmarks/learning.py [models=NAME,...] [seeds=0,1,2] [jobs=2] [limit=MINUTES]
+                                  [out=runs/learning/learning.md] [any yolo train override, e.g. epochs=5]
     python benchmarks/learning.py plot_only=1   # redraw learning.png from the runs already in runs/learning
 
 ``models=`` takes names of ``MODELS`` below (default: every model in it except ``rtdetr-l``, which needs hours).
-Each model is trained with the stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is
-generated on first use) with the same recipe (``RECIPE`` below; overrides on the command line apply to every model).
+``seeds=`` trains every model once per seed (Ultralytics' ``seed=``; default three seeds): one seed on one machine
+decides nothing (the order of two models reversed on another CPU with the same seed). Each run is trained with the
+stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is generated on first use) with
+the same recipe (``RECIPE`` below; overrides on the command line apply to every model).
 
 The headline is accuracy per CPU minute: val mAP50 at 5, 10, 15 and 30 training minutes (the epoch last finished by
 then; Ultralytics' ``results.csv`` records the minutes since the start of training after each epoch, validation
-included) and the minutes at which val mAP50 first reached 0.3 and 0.5. Every run uses one torch thread (Ultralytics'
-``cpu_count - 1`` on 2 cores, data loaded in the training process), so a wall minute is a CPU minute when ``jobs``
-equals the number of cores. Below the headline: final and best mAP50, mAP50-95, wall minutes, epochs, the machine's
-load average before and after each run, the per-epoch curves and the exact command lines; and a plot of val mAP50
-against minutes (``learning.png`` beside the table).
+included) and the minutes at which val mAP50 first reached 0.3 and 0.5, each as the mean over the seeds with the
+min-max range (a seed that never reached a threshold is counted and shown as not reached; the mean is over the seeds
+that reached it), then the per-epoch means. The table names the CPU model and the load. Every run uses one torch
+thread (Ultralytics' ``cpu_count - 1`` on 2 cores, data loaded in the training process), so a wall minute is a CPU
+minute when ``jobs`` equals the number of cores. Below the headline: per run final and best mAP50, mAP50-95, wall
+minutes, epochs, the machine's load average before and after it, the per-epoch curves and the exact command lines;
+and a plot of mean val mAP50 against minutes with the min-max band over the seeds (``learning.png`` beside the
+table).
 
-``jobs=2`` trains two models at a time: on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread
-and the recipe loads data in the training process (``workers=0``), so two runs share the machine without slowing each
-other much. ``limit=60`` stops a run that is still training after 60 minutes; its row then shows the epochs it
-finished and the validation of the last one (the learning-rate schedule is the recipe's, only cut short).
-"""
+``jobs=2`` trains two runs at a time (runs are ordered seed by seed, so the models of one seed train side by side):
+on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread and the recipe loads data in the
+training process (``workers=0``), so two runs share the machine without slowing each other much. ``limit=60`` stops
+a run that is still training after 60 minutes; its row then shows the epochs it finished and the validation of the
+last one (the learning-rate schedule is the recipe's, only cut short)."""
 
 from __future__ import annotations
 
 import csv
 import os
+import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +53,7 @@ MODELS = {
 DEFAULT_MODELS = [m for m in MODELS if m != "rtdetr-l"]
 MINUTES = (5, 10, 15, 30)  # val mAP50 reached by these training minutes
 THRESHOLDS = (0.3, 0.5)  # minutes until val mAP50 first reaches these
+SEEDS = (0, 1, 2)
 
 # The learning recipe: the main job's (``yolo_plugins.main_job.RECIPE``: 224 px, batches of 4 with one optimizer
 # step each, AdamW 1e-3, one warm-up epoch, no mosaic; docs/main-job.md says why) for 30 epochs; model and output
@@ -56,10 +64,10 @@ RECIPE = {
 }
 
 
-def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float | None, bool]:
-    """``models=``, ``out=``, ``jobs=``, ``limit=``, ``plot_only=`` and yolo overrides from ``key=value`` arguments."""
+def parse(argv: list[str]) -> tuple[list[str], list[int], Path, dict[str, str], int, float | None, bool]:
+    """``models=``, ``seeds=``, ``out=``, ``jobs=``, ``limit=``, ``plot_only=`` and yolo overrides (``key=value``)."""
     models, out, overrides, jobs, limit = list(DEFAULT_MODELS), ROOT / "runs" / "learning" / "learning.md", {}, 1, None
-    plot_only = False
+    plot_only, seeds = False, list(SEEDS)
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -69,6 +77,15 @@ def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float 
             unknown = [m for m in models if m not in MODELS]
             if unknown:
                 raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+        elif key == "seeds":
+            try:
+                seeds = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise SystemExit(f"seeds must be whole numbers separated by commas, got {value!r}") from None
+            if not seeds:
+                raise SystemExit("seeds= needs at least one seed, e.g. seeds=0,1,2")
+        elif key == "seed":
+            raise SystemExit("use seeds=... (one or more seeds, e.g. seeds=0 or seeds=0,1,2)")
         elif key == "out":
             out = Path(value)
         elif key == "jobs":
@@ -79,21 +96,37 @@ def parse(argv: list[str]) -> tuple[list[str], Path, dict[str, str], int, float 
             plot_only = value.lower() not in {"0", "false", "no"}
         else:
             overrides[key] = value
-    return models, out, overrides, jobs, limit, plot_only
+    return models, seeds, out, overrides, jobs, limit, plot_only
 
 
-def command(model: str, project: Path, overrides: dict[str, str]) -> list[str]:
-    """The ``yolo train`` command line for one model."""
-    args = {**RECIPE, **overrides}
+def run_name(model: str, seed: int) -> str:
+    """The run folder of one model and seed, e.g. ``rtdetr-effvit-seed1``."""
+    return f"{model}-seed{seed}"
+
+
+def command(model: str, seed: int, project: Path, overrides: dict[str, str]) -> list[str]:
+    """The ``yolo train`` command line for one model and seed."""
+    args = {**RECIPE, **overrides, "seed": seed}
     return [
         "yolo",
         "train",
         f"model={MODELS[model]}",
         *(f"{k}={v}" for k, v in args.items()),
         f"project={project}",
-        f"name={model}",
+        f"name={run_name(model, seed)}",
         "exist_ok=True",
     ]
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS names it (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def load() -> str:
@@ -107,12 +140,13 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def train(model: str, project: Path, overrides: dict[str, str], limit: float | None = None) -> dict:
-    """Train one model (stopped after ``limit`` minutes if given); return its row of the table."""
-    cmd = command(model, project, overrides)
+def train(model: str, seed: int, project: Path, overrides: dict[str, str], limit: float | None = None) -> dict:
+    """Train one model with one seed (stopped after ``limit`` minutes if given); return its row of the table."""
+    cmd = command(model, seed, project, overrides)
+    name = run_name(model, seed)
     print("$", shlex.join(cmd), flush=True)
     before, t = load(), time.perf_counter()
-    log = project / f"{model}.log"
+    log = project / f"{name}.log"
     stopped = False
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
@@ -123,8 +157,8 @@ def train(model: str, project: Path, overrides: dict[str, str], limit: float | N
             p.terminate()
             p.wait()
     minutes = (time.perf_counter() - t) / 60
-    row = {"model": model, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
-    results = project / model / "results.csv"
+    row = {"model": model, "seed": seed, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
+    results = project / name / "results.csv"
     if (p.returncode != 0 and not stopped) or not results.exists():
         return {**row, "error": f"exit {p.returncode}, see {log}"}
     rows = read_results(results)
@@ -158,50 +192,109 @@ def minutes_to(points: list[tuple[float, float]], threshold: float) -> float | N
     return next((t for t, m in points if m >= threshold), None)
 
 
-def headline(rows: list[dict]) -> list[str]:
-    """The time-to-accuracy table: mAP50 at equal minutes and minutes to each threshold."""
-    head = [f"mAP50 @{m} min" for m in MINUTES] + [f"min to {t:g}" for t in THRESHOLDS] + ["min/epoch"]
-    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+def spread(values: list[float], digits: int = 3) -> str:
+    """``mean (min-max)`` of ``values``; just the value for one."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def by_model(rows: list[dict]) -> dict[str, list[dict]]:
+    """The finished runs (those with a curve) of each model, in the order the models first appear."""
+    out: dict[str, list[dict]] = {}
     for r in rows:
-        if "points" not in r:
-            continue
-        pts, end = r["points"], r["points"][-1][0]
+        if "points" in r:
+            out.setdefault(r["model"], []).append(r)
+    return out
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """The time-to-accuracy table over the seeds: mAP50 at equal minutes and minutes to each threshold, as
+    ``mean (min-max)``; a seed that did not get there is counted (``2/3 reached``)."""
+    head = [f"mAP50 @{m} min" for m in MINUTES] + [f"min to {t:g}" for t in THRESHOLDS] + ["min/epoch", "seeds"]
+    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for model, runs in by_model(rows).items():
         cells = []
         for m in MINUTES:
-            v = at_minutes(pts, m)
-            cells.append("-" if v is None else f"{v:.3f}" + (f" (ended at {end:.1f})" if end < m else ""))
+            values = [v for r in runs if (v := at_minutes(r["points"], m)) is not None]
+            ended = [r for r in runs if r["points"][-1][0] < m]
+            note = f" ({len(ended)}/{len(runs)} ended before)" if ended else ""
+            cells.append(spread(values) + note if values else "-")
         for t in THRESHOLDS:
-            v = minutes_to(pts, t)
-            cells.append(f"{v:.1f}" if v is not None else f"not reached (best {max(m for _, m in pts):.3f})")
-        cells.append(f"{end / len(pts):.2f}")
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+            values = [v for r in runs if (v := minutes_to(r["points"], t)) is not None]
+            if len(values) == len(runs):
+                cells.append(spread(values, 1))
+            else:
+                best = max(m for r in runs for _, m in r["points"])
+                reached = f"{spread(values, 1)}, " if values else ""
+                cells.append(f"{reached}{len(values)}/{len(runs)} reached (best {best:.3f})")
+        cells.append(spread([r["points"][-1][0] / len(r["points"]) for r in runs], 2))
+        cells.append(",".join(str(r["seed"]) for r in runs))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
 
+def epoch_means(runs: list[dict]) -> list[tuple[float, float, float, float]]:
+    """Per epoch reached by every run: (mean minutes, mean mAP50, min mAP50, max mAP50)."""
+    n = min(len(r["points"]) for r in runs)
+    out = []
+    for e in range(n):
+        minutes = [r["points"][e][0] for r in runs]
+        maps = [r["points"][e][1] for r in runs]
+        out.append((statistics.mean(minutes), statistics.mean(maps), min(maps), max(maps)))
+    return out
+
+
 def table(rows: list[dict]) -> str:
-    """The Markdown table and the command lines."""
+    """The Markdown tables (over the seeds, then per run), the per-epoch means and the command lines."""
     lines = [
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; load (1 min average) now {load()}.",
+        "",
         *headline(rows),
         "",
-        "| model | val mAP50 | val mAP50-95 | best mAP50 | minutes | epochs | load (1 min avg / CPUs) |",
-        "|---|---|---|---|---|---|---|",
+        "Val mAP50 per epoch, mean over the seeds (min-max):",
+        "",
+    ]
+    for model, runs in by_model(rows).items():
+        cells = [f"{m:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if len(runs) > 1 else "") for _, m, lo, hi in epoch_means(runs)]
+        lines.append(f"- {model} ({len(runs)} seeds): {' '.join(cells)}")
+    lines += [
+        "",
+        "| model | seed | val mAP50 | val mAP50-95 | best mAP50 | minutes | epochs | load (1 min avg / CPUs) |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} | | | {r['minutes']:.1f} | | {r['load']} |")
+            lines.append(
+                f"| {r['model']} | {r['seed']} | failed: {r['error']} | | | {r['minutes']:.1f} | | {r['load']} |"
+            )
         else:
             lines.append(
-                f"| {r['model']} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['best mAP50']:.3f} | "
+                f"| {r['model']} | {r['seed']} | {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {r['best mAP50']:.3f} | "
                 f"{r['minutes']:.1f} | {r['epochs']} | {r['load']} |"
             )
-    lines += ["", "Val mAP50 per epoch:", ""]
-    lines += [f"- {r['model']}: {r['curve']}" for r in rows if "curve" in r]
+    lines += ["", "Val mAP50 per epoch, per run:", ""]
+    lines += [f"- {r['model']} seed {r['seed']}: {r['curve']}" for r in rows if "curve" in r]
     lines += ["", "Commands:", "", "```bash", *(r["cmd"] for r in rows), "```", ""]
     return "\n".join(lines)
 
 
-def plot(project: Path, path: Path) -> list[str]:
-    """Val mAP50 against wall minutes for every model with a ``results.csv`` under ``project``; the models drawn."""
+def finished_runs(project: Path, seeds: list[int] | None = None) -> list[dict]:
+    """Rows (model, seed, points) of every run under ``project`` with a ``results.csv`` (for the plot)."""
+    rows = []
+    for model in MODELS:
+        for folder in sorted(project.glob(f"{model}-seed*")):
+            seed = folder.name.rsplit("-seed", 1)[1]
+            results = folder / "results.csv"
+            if seed.isdigit() and (seeds is None or int(seed) in seeds) and results.exists():
+                points = curve(read_results(results))
+                if points:
+                    rows.append({"model": model, "seed": int(seed), "points": points})
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> list[str]:
+    """Mean val mAP50 against minutes with the min-max band over the seeds, per model; the models drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,18 +302,22 @@ def plot(project: Path, path: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = []
-    for model in MODELS:
-        results = project / model / "results.csv"
-        rows = read_results(results) if results.exists() else []
-        if rows:
-            minutes, maps = zip(*curve(rows))
-            ax.plot(minutes, maps, marker=".", label=model)
-            drawn.append(model)
+    for model, runs in by_model(rows).items():
+        minutes, means, lows, highs = zip(*epoch_means(runs))
+        (line,) = ax.plot(minutes, means, marker=".", label=f"{model} (mean of {len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(minutes, lows, highs, color=line.get_color(), alpha=0.2, lw=0)
+        drawn.append(model)
     for m in MINUTES:
         ax.axvline(m, color="grey", lw=0.6, ls=":")
     for t in THRESHOLDS:
         ax.axhline(t, color="grey", lw=0.6, ls="--")
-    ax.set(xlabel="training minutes (wall, including validation)", ylabel="val mAP50", title="Learning on shapes")
+    ax.set(
+        xlabel="training minutes (wall, including validation; mean over seeds)",
+        ylabel="val mAP50 (band: min-max over seeds)",
+        title=f"Learning on shapes — {cpu_name()}",
+    )
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend()
@@ -231,25 +328,28 @@ def plot(project: Path, path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    """Run the benchmark for the chosen models (``jobs`` at a time), write the table and the plot."""
-    models, out, overrides, jobs, limit, plot_only = parse(argv)
+    """Run the benchmark for the chosen models and seeds (``jobs`` runs at a time), write the tables and the plot."""
+    models, seeds, out, overrides, jobs, limit, plot_only = parse(argv)
     project = out.parent.resolve()
     project.mkdir(parents=True, exist_ok=True)
     if plot_only:
-        print(f"plotted {plot(project, out.with_suffix('.png'))} to {out.with_suffix('.png')}")
+        drawn = plot([r for r in finished_runs(project, seeds) if r["model"] in models], out.with_suffix(".png"))
+        print(f"plotted {drawn} to {out.with_suffix('.png')}")
         return
-    done: dict[str, dict] = {}
+    runs = [(model, seed) for seed in seeds for model in models]  # the models of one seed side by side
+    done: dict[tuple[str, int], dict] = {}
 
-    def run(model: str) -> None:
-        done[model] = train(model, project, overrides, limit)
-        out.write_text(table([done[m] for m in models if m in done]))  # a stopped benchmark keeps what it measured
+    def run(key: tuple[str, int]) -> None:
+        done[key] = train(*key, project, overrides, limit)
+        out.write_text(table([done[k] for k in runs if k in done]))  # a stopped benchmark keeps what it measured
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(run, models))
-    text = table([done[m] for m in models])
+        list(pool.map(run, runs))
+    rows = [done[k] for k in runs]
+    text = table(rows)
     out.write_text(text)
     print(text)
-    plot(project, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"))
     print(f"written to {out} and {out.with_suffix('.png')}")
 
 
