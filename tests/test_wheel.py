@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -36,8 +37,11 @@ def attempt(fn):
     except Exception as e:
         return f"error: {type(e).__name__}: {e}"
 
+import ultralytics
+
 facts = {
     "path": sys.path,
+    "ultralytics": ultralytics.__file__,
     "package": yolo_plugins.__file__,
     "autoload": yolo_plugins_autoload.__file__,
     "active": yolo_plugins.is_active(),
@@ -104,14 +108,44 @@ def test_wheel_ships_the_package_the_zoo_and_the_startup_files(wheel):
         assert "yolo-plugins = yolo_plugins.cli:main" in z.read(entry_points).decode()
 
 
+def running_site_dirs() -> list[Path]:
+    """The site-packages folders of the interpreter running the tests (a venv's own, and the base's only if that venv
+    includes system site-packages; the user site when it is on ``sys.path``) that exist."""
+    dirs = [Path(d) for d in site.getsitepackages()]
+    if site.ENABLE_USER_SITE and site.getusersitepackages() in sys.path:
+        dirs.append(Path(site.getusersitepackages()))
+    return [d for d in dirs if d.is_dir()]
+
+
+def fresh_venv_seeing_the_running_environment(venv: Path) -> Path:
+    """A venv (no pip, no system site-packages) whose site-packages ends with a ``.pth`` file that adds the running
+    environment's site folders as site dirs (their ``.pth`` files processed, an editable install of this project
+    included), after the venv's own; returns the venv's python.
+
+    ``venv --system-site-packages`` made from ``sys.executable`` is not that: inside a venv it exposes the base
+    interpreter's packages, not the venv's, so Ultralytics would be missing there when a user runs the tests from a
+    fresh venv (the README's set-up, which CI runs)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    r = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = "".join(f"import site; site.addsitedir({str(d)!r})\n" for d in running_site_dirs())
+    (Path(r.stdout.strip()) / "zz_running_environment.pth").write_text(lines)
+    return python
+
+
 def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
-    """In a fresh venv (system site-packages visible, editable install included) the wheel's copy is what runs."""
+    """In a fresh venv that sees the running environment's packages (editable install of the checkout included) the
+    wheel's copy is what runs."""
     assert not tmp_path.resolve().is_relative_to(ROOT)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    python = fresh_venv_seeing_the_running_environment(venv)
     pip = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", str(wheel)]
-    r = subprocess.run(pip, capture_output=True, text=True, timeout=300)  # the system pip, running for the venv
+    r = subprocess.run(pip, capture_output=True, text=True, timeout=300)  # the running environment's pip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
     work = tmp_path / "work"
@@ -130,11 +164,18 @@ def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
     facts = json.loads(r.stdout.strip().splitlines()[-1])
 
     venv = venv.resolve()
-    paths = {Path(p).resolve() for p in facts["path"]}
-    (site,) = {p for p in paths if p.is_relative_to(venv) and p.name == "site-packages"}
-    pkg = site / "yolo_plugins"
+    paths = [Path(p).resolve() for p in facts["path"]]
+    (venv_site,) = {p for p in paths if p.is_relative_to(venv) and p.name == "site-packages"}
+    outer = [d.resolve() for d in running_site_dirs()]
+    assert [p for p in paths if p in outer] == outer  # the running environment's packages are visible...
+    assert paths.index(venv_site) < paths.index(outer[0])  # ...after the venv's own
+    assert any(Path(facts["ultralytics"]).resolve().is_relative_to(d) for d in outer), facts["ultralytics"]
+    checkout = ROOT / "plugins"
+    if any(str(checkout) in pth.read_text() for d in outer for pth in d.glob("*.pth")):  # an editable install here:
+        assert checkout in paths and paths.index(venv_site) < paths.index(checkout), facts["path"]  # after the wheel
+    pkg = venv_site / "yolo_plugins"
     assert Path(facts["package"]).resolve() == pkg / "__init__.py", facts["path"]  # not the checkout's, editable or not
-    assert Path(facts["autoload"]).resolve() == site / "yolo_plugins_autoload.py"
+    assert Path(facts["autoload"]).resolve() == venv_site / "yolo_plugins_autoload.py"
     assert facts["active"]  # the venv's .pth activated the plugin when ultralytics was imported
     assert Path(facts["cfg"]).resolve() == pkg / "cfg"
     assert (venv / ("Scripts" if os.name == "nt" else "bin") / "yolo-plugins").exists()
