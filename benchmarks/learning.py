@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from speed import cpu_model  # the benchmarks' one CPU-name reader (this folder is on sys.path)
 
 from yolo_plugins.main_job import RECIPE as MAIN_JOB_RECIPE
 
@@ -116,17 +117,6 @@ def command(model: str, seed: int, project: Path, overrides: dict[str, str]) -> 
         f"name={run_name(model, seed)}",
         "exist_ok=True",
     ]
-
-
-def cpu_name() -> str:
-    """The CPU model as the OS names it (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def load() -> str:
@@ -248,7 +238,7 @@ def epoch_means(runs: list[dict]) -> list[tuple[float, float, float, float]]:
 def table(rows: list[dict]) -> str:
     """The Markdown tables (over the seeds, then per run), the per-epoch means and the command lines."""
     lines = [
-        f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; load (1 min average) now {load()}.",
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load (1 min average) now {load()}.",
         "",
         *headline(rows),
         "",
@@ -315,7 +305,7 @@ def plot(rows: list[dict], path: Path) -> list[str]:
     ax.set(
         xlabel="training minutes (wall, including validation; mean over seeds)",
         ylabel="val mAP50 (band: min-max over seeds)",
-        title=f"Learning on shapes — {cpu_name()}",
+        title=f"Learning on shapes — {cpu_model()}",
     )
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)

@@ -56,7 +56,7 @@ def test_headline_gives_mean_and_range_and_counts_seeds_that_never_get_there():
 
 def test_table_names_the_cpu_and_gives_per_epoch_means():
     text = learning.table(ROWS)
-    assert text.startswith(f"CPU: {learning.cpu_name()}")
+    assert text.startswith(f"CPU: {learning.cpu_model()}")
     line = next(x for x in text.splitlines() if x.startswith("- rtdetr-effvit (3 seeds):"))
     assert line.split(": ", 1)[1].split(" ")[:2] == ["0.100", "(0.000-0.200)"]
     assert "| yolov10n | 2 | 0.450 |" in text

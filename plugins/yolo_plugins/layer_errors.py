@@ -191,13 +191,12 @@ def forward_error(e: BaseException, *codes: Any) -> Exception | None:
     return named(e, m.i, module, detail)
 
 
-def wrap_forward(original: Callable) -> Callable:
-    """A model's forward loop (``BaseModel._predict_once``, ``RTDETRDetectionModel.predict``) whose failures name the
-    YAML row that failed, with the shapes it received; nothing runs per layer, nothing changes when nothing fails."""
-    code = original.__code__
+def _naming(original: Callable, code: Any) -> Callable:
+    """``original`` whose failures inside the forward loop ``code`` name the YAML row that failed, with the shapes
+    it received; nothing runs per layer, nothing changes when nothing fails."""
 
     @functools.wraps(original)
-    def forward_loop(self, *args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         try:
             return original(self, *args, **kwargs)
         except Exception as e:
@@ -208,24 +207,15 @@ def wrap_forward(original: Callable) -> Callable:
                 raise
             raise out.with_traceback(e.__traceback__) from e
 
-    return forward_loop
+    return wrapper
+
+
+def wrap_forward(original: Callable) -> Callable:
+    """A model's forward loop (``BaseModel._predict_once``, ``RTDETRDetectionModel.predict``) whose failures name the
+    YAML row that failed."""
+    return _naming(original, original.__code__)
 
 
 def wrap_model_init(original: Callable, predict_once: Any) -> Callable:
     """``DetectionModel.__init__`` whose build-time forward (stride computation) names the layer that failed."""
-
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        try:
-            original(self, *args, **kwargs)
-        except PluginError:
-            raise
-        except Exception as e:
-            if getattr(e, "layer", None) is not None:
-                raise
-            out = forward_error(e, predict_once)
-            if out is None:
-                raise
-            raise out.with_traceback(e.__traceback__) from e
-
-    return __init__
+    return _naming(original, predict_once)
