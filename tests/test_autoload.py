@@ -65,12 +65,35 @@ def test_a_users_own_plugins_package_is_what_their_app_imports(tmp_path, autoloa
     assert ours == ("True" if autoload == "1" else "False")
 
 
-def test_importing_ultralytics_activates_the_plugin():
-    r = py(
-        "import ultralytics, yolo_plugins as yp; from ultralytics.nn import tasks; print(yp.is_active(), tasks.Pick)"
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[0] == "True" and "yolo_plugins.blocks.pick.Pick" in r.stdout
+FIRST_USE = """
+import sys, ultralytics
+print(sorted(m for m in sys.modules if m.startswith("yolo_plugins")), "ultralytics.nn.tasks" in sys.modules)
+from ultralytics import RTDETR
+from ultralytics.nn import tasks
+from ultralytics.engine import trainer
+import yolo_plugins as yp
+from yolo_plugins import first_use
+print(first_use.is_armed(), yp.is_active(), "Pick" in vars(tasks), trainer.load_checkpoint.__wrapped__.__module__)
+m = RTDETR("rtdetr-effvit.yaml")
+print(first_use.is_armed(), yp.is_active(), type(m.model.model[0]).__name__, tasks.Pick.__module__)
+print(trainer.load_checkpoint is tasks.load_checkpoint, hasattr(tasks.load_checkpoint, "__wrapped__"))
+yp.deactivate()
+print(yp.is_active(), "Pick" in vars(tasks), trainer.load_checkpoint is tasks.load_checkpoint)
+print(tasks.load_checkpoint.__module__, getattr(tasks.parse_model, "__wrapped__", None))
+"""
+
+
+def test_importing_ultralytics_arms_and_the_first_build_activates():
+    """``import ultralytics`` costs the plugin only its start-up modules; the first model built activates it."""
+    r = py(FIRST_USE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()[-6:]
+    assert lines[0] == "['yolo_plugins', 'yolo_plugins.first_use', 'yolo_plugins_autoload'] False"
+    assert lines[1] == "True False False ultralytics.nn.tasks"  # a trampoline waits, nothing is patched yet
+    assert lines[2] == "False True EfficientViT yolo_plugins.blocks.pick"
+    assert lines[3] == "True True"  # imported by name while armed: the plugin's replacement now
+    assert lines[4] == "False False True"  # stock again, also where the trampoline had been imported by name
+    assert lines[5] == "ultralytics.nn.tasks None"
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
@@ -125,3 +148,20 @@ def test_pth_line_is_quiet_when_the_package_is_gone(tmp_path, importable):
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == str(importable)
+
+
+def test_first_use_traps_cover_every_row_the_activation_patches():
+    """A row added to the hook's table must start activation too, or be the same function imported by name."""
+    from ultralytics.nn import tasks
+    from ultralytics.utils import checks
+
+    from yolo_plugins import first_use, hook
+
+    trapped = {(tasks if owner is None else getattr(tasks, owner), attr) for owner, attr in first_use.TASKS_TRAPS}
+    trapped.add((checks, "check_file"))
+    module_functions = {attr for owner, attr in trapped if not isinstance(owner, type)}
+    rows = hook._state["patches"]
+    assert len(rows) >= len(trapped)
+    for row in rows:
+        by_name = not isinstance(row.owner, type) and row.attr in module_functions
+        assert (row.owner, row.attr) in trapped or by_name, f"{row.owner}.{row.attr} has no first-use trampoline"

@@ -44,13 +44,13 @@ facts = {
     "ultralytics": ultralytics.__file__,
     "package": yolo_plugins.__file__,
     "autoload": yolo_plugins_autoload.__file__,
-    "active": yolo_plugins.is_active(),
     "cfg": str(paths.cfg_dir()),
 }
 for name in ("rtdetr-effvit.yaml", "rtdetr-effvit-s.yaml"):
     yaml = RTDETR(name).model.yaml
     found, _ = scales._resolve(Path(name))
     facts[name] = {"scale": yaml.get("scale"), "yaml_file": yaml.get("yaml_file"), "found": str(found)}
+facts["active"] = yolo_plugins.is_active()  # the first build activated the plugin the .pth armed
 facts["check_file"] = attempt(lambda: str(Path(check_file("shapes.yaml")).resolve()))
 
 # check_det_dataset without generating the set: data sets live in tmp, where an (empty) val folder counts as present;
@@ -176,7 +176,7 @@ def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
     pkg = venv_site / "yolo_plugins"
     assert Path(facts["package"]).resolve() == pkg / "__init__.py", facts["path"]  # not the checkout's, editable or not
     assert Path(facts["autoload"]).resolve() == venv_site / "yolo_plugins_autoload.py"
-    assert facts["active"]  # the venv's .pth activated the plugin when ultralytics was imported
+    assert facts["active"]  # the venv's .pth armed it at `import ultralytics`, the first build activated it
     assert Path(facts["cfg"]).resolve() == pkg / "cfg"
     assert (venv / ("Scripts" if os.name == "nt" else "bin") / "yolo-plugins").exists()
 

@@ -138,15 +138,21 @@ def _on_registry(tasks, added: set[str], entry: registry.Entry, present: bool) -
         added.discard(entry.name)
 
 
+def _disarm_first_use() -> None:
+    """Take out the trampolines the start-up hook set (``first_use``), if it set any, before (de)activating."""
+    first_use = sys.modules.get(f"{__package__}.first_use")  # looked up, not imported: it imports this module
+    if first_use is not None:
+        first_use.disarm()
+
+
 def activate() -> None:
     """Install the hook into the imported Ultralytics (idempotent)."""
     global _state
+    from ultralytics.nn import tasks  # importing Ultralytics here may run the start-up hook, which arms first_use
+
+    _disarm_first_use()
     with _lock:
         if _state is not None:
-            return
-        from ultralytics.nn import tasks
-
-        if _state is not None:  # importing Ultralytics just now ran the start-up hook, which activated
             return
         from . import blocks  # noqa: F401  (registers the built-in blocks)
 
@@ -207,6 +213,7 @@ def _forget_safe_globals(names: set[str]) -> None:
 def deactivate() -> None:
     """Return Ultralytics to its stock behaviour: original functions back, added names removed."""
     global _state
+    _disarm_first_use()
     with _lock:
         if _state is None:
             return

@@ -1,0 +1,131 @@
+"""Activation deferred to first use: what the start-up hook installs when Ultralytics is imported.
+
+``import ultralytics`` does not import its model code (``ultralytics.nn.tasks``), so activating the plugin there
+would import it, and the plugin's blocks and parser, for every process that merely imports the package. Instead
+``arm()`` puts a trampoline on each host function the activation replaces that can start a use of a model: building
+one (``parse_model``, ``yaml_model_load``, ``DetectionModel.__init__``), loading one (``load_checkpoint``,
+``BaseModel.load``, ``_SafeLoad.loading``), running or fusing one, or resolving a bare file name (``check_file``).
+The trampolines on ``ultralytics.nn.tasks`` are set when that module is first imported. The first call of any of
+them takes every trampoline out again (also from modules that imported one by name) and runs the full
+``hook.activate()``, then makes the call it stood for, now with the plugin active; an explicit ``activate()`` or
+``deactivate()`` takes them out first too. A host the plugin cannot hook is refused at that first use, with the same
+message as an explicit activation.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from typing import Any, Callable
+
+TASKS = "ultralytics.nn.tasks"
+# (owner in ultralytics.nn.tasks, attribute): the hook rows' attributes that start a use; the rest of the table
+# (the same functions imported by name into other modules) is reached through these.
+TASKS_TRAPS = (
+    (None, "parse_model"),
+    (None, "yaml_model_load"),
+    (None, "load_checkpoint"),
+    (None, "initialize_weights"),
+    ("DetectionModel", "__init__"),
+    ("BaseModel", "_predict_once"),
+    ("RTDETRDetectionModel", "predict"),
+    ("BaseModel", "load"),
+    ("BaseModel", "fuse"),
+    ("BaseModel", "is_fused"),
+    ("_SafeLoad", "loading"),
+)
+
+_lock = threading.RLock()
+_traps: list[tuple[Any, str, Any]] = []  # (owner, attribute, the host's raw value) for every trampoline set
+_trampolines: dict[Any, Any] = {}  # trampoline function -> the host's function it stands for
+_armed = False
+
+
+def is_armed() -> bool:
+    """Whether trampolines wait for a first use (the plugin is then not yet active)."""
+    return _armed
+
+
+def _trampoline(owner: Any, attr: str, original: Any) -> Any:
+    """A stand-in for ``owner.attr`` that activates the plugin, then calls what ``owner.attr`` is by then."""
+    function = original.__func__ if isinstance(original, staticmethod) else original
+
+    def call(*args, **kwargs):
+        if _armed:
+            _spring()
+        return getattr(owner, attr)(*args, **kwargs)
+
+    for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(call, name, getattr(function, name, None))
+    call.__wrapped__ = function
+    _trampolines[call] = function
+    return staticmethod(call) if isinstance(original, staticmethod) else call
+
+
+def _trap(owner: Any, attr: str) -> None:
+    raw = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+    setattr(owner, attr, _trampoline(owner, attr, raw))
+    _traps.append((owner, attr, raw))
+
+
+def _arm_tasks(tasks: Any) -> None:
+    """Set the trampolines on ``ultralytics.nn.tasks`` (run right after that module is executed)."""
+    with _lock:
+        if not _armed or any(owner is tasks for owner, _, _ in _traps):
+            return
+        for owner_name, attr in TASKS_TRAPS:
+            owner = tasks if owner_name is None else getattr(tasks, owner_name, None)
+            if owner is not None and (attr in owner.__dict__ if isinstance(owner, type) else hasattr(owner, attr)):
+                _trap(owner, attr)  # a host lacking one is refused by the full activation, not here
+
+
+def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
+    """Set the trampolines: on ``check_file`` now, on the model code now or, through ``when_imported(name,
+    callback)``, when it is imported (nothing when the plugin is already active)."""
+    global _armed
+    hook = sys.modules.get(f"{__package__}.hook")  # not imported here: it is what first use loads
+
+    with _lock:
+        if _armed or (hook is not None and hook.is_active()):
+            return
+        from ultralytics.utils import checks
+
+        _armed = True
+        _trap(checks, "check_file")
+        tasks = sys.modules.get(TASKS)
+        if tasks is not None:
+            _arm_tasks(tasks)
+        else:
+            when_imported(TASKS, _arm_tasks)
+
+
+def disarm() -> None:
+    """Take every trampoline out again: the host's own functions back on their owners and in every module that
+    imported one by name (a no-op when none is set)."""
+    global _armed
+    with _lock:
+        _armed = False
+        for owner, attr, raw in reversed(_traps):
+            setattr(owner, attr, raw)
+        _traps.clear()
+        if _trampolines:  # modules that imported a trapped function by name hold the trampoline
+            names = {f.__name__ for f in _trampolines}
+            for module in list(sys.modules.values()):
+                held = getattr(module, "__dict__", None)
+                for name in names if isinstance(held, dict) else ():
+                    value = held.get(name)
+                    if isinstance(value, types.FunctionType) and value in _trampolines:
+                        held[name] = _trampolines[value]
+        _trampolines.clear()
+
+
+def _spring() -> None:
+    """The first use: trampolines out, the full activation in (its refusal, if any, propagates to the caller)."""
+    from . import hook
+
+    with _lock:
+        if not _armed:
+            return
+        disarm()
+        hook.activate()
