@@ -20,6 +20,8 @@ import pytest
 import torch
 from helpers import tiny_shapes
 
+from yolo_plugins import main_job
+
 MODEL = "rtdetr-effvit-n.yaml"  # cfg/models/rtdetr-effvit.yaml at scale n
 IMGSZ = 64
 TRAIN = f"epochs=1 imgsz={IMGSZ} batch=4 workers=0 device=cpu seed=0 deterministic=True"
@@ -138,6 +140,27 @@ def test_main_job_trains_validates_and_predicts(env, data, tmp_path):
 def test_main_job_rejects_bad_arguments(env, tmp_path):
     p = subprocess.run(["yolo-plugins", "main-job", "epochs"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2 and "arguments are key=value, got 'epochs'" in p.stderr
+    for bad, why in (("threads=0", "threads must be at least 1, got 0"), ("threads=two", "whole number, got 'two'")):
+        with pytest.raises(ValueError, match=why):
+            main_job.parse([bad])
+
+
+def test_main_job_sets_its_threads_after_each_device_selection():
+    """Ultralytics sets ``cpu_count - 1`` threads when it selects the device (trainer, validator, predictor); the
+    main job's callbacks on its model set its own number right after each of those events."""
+    args, _, threads = main_job.parse(["threads=3", "epochs=2"])
+    assert threads == 3 and args["epochs"] == 2 and main_job.parse([])[2] == main_job.cores()
+    model = main_job.model_class(MODEL)(MODEL)
+    main_job.use_threads(model, 3)
+    before = torch.get_num_threads()
+    try:
+        for event in ("on_train_start", "on_val_start", "on_predict_start"):
+            torch.set_num_threads(1)  # what select_device does on a 2-core machine
+            for callback in model.callbacks[event]:
+                callback(None)
+            assert torch.get_num_threads() == 3, event
+    finally:
+        torch.set_num_threads(before)
 
 
 def _torch_model(best: Path) -> torch.nn.Module:

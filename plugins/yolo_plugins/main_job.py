@@ -1,16 +1,22 @@
 """The main job: train the default model on the embedded shapes set, validate it, save a few predicted test images.
 
     yolo-plugins main-job [key=value ...]      # any ``yolo train`` argument overrides the recipe, plus
-                                                # predict=N (test images to predict and save, default 8)
+                                                # predict=N (test images to predict and save, default 8) and
+                                                # threads=N (torch threads, default: every CPU this process may use)
 
 Everything runs through the stock engine (``RTDETR(...).train``/``.predict``; a YOLO-headed model gets ``YOLO``), on
 the CPU, offline: the data set is generated on first use, the model is built from its YAML. ``RECIPE`` is the recipe
 ``docs/main-job.md`` explains setting by setting (the learning benchmark uses it too, with its own epoch count). The
 equivalent ``yolo`` command lines are printed before the run starts.
+
+Threads: on the CPU Ultralytics sets ``cpu_count - 1`` torch threads whenever it selects the device (one on a 2-core
+machine, leaving a core idle); the main job sets ``threads`` again right after that, for training, validation and
+prediction, through callbacks on its own model objects (``yolo train`` and other users of Ultralytics are unaffected).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +47,23 @@ RECIPE: dict[str, Any] = {
 PREDICT = 8  # test images predicted and saved at the end
 
 
+def cores() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_threads(model, n: int) -> None:
+    """Make ``model``'s trainer, validators and predictor compute with ``n`` torch threads (set after Ultralytics'
+    device selection has set its own ``cpu_count - 1``)."""
+    import torch
+
+    def set_threads(_component) -> None:
+        torch.set_num_threads(n)
+
+    for event in ("on_pretrain_routine_end", "on_train_start", "on_val_start", "on_predict_start"):
+        model.add_callback(event, set_threads)
+
+
 def model_class(cfg: str):
     """``RTDETR`` for a model whose head is ``RTDETRDecoder`` (YAML or checkpoint), else ``YOLO``."""
     from ultralytics import RTDETR, YOLO
@@ -53,20 +76,27 @@ def model_class(cfg: str):
     return RTDETR if "rtdetr" in Path(cfg).name else YOLO
 
 
-def parse(argv: list[str]) -> tuple[dict[str, Any], int]:
-    """``key=value`` arguments over ``RECIPE`` (values as Ultralytics' CLI reads them) and ``predict=N``."""
+def parse(argv: list[str]) -> tuple[dict[str, Any], int, int]:
+    """``key=value`` arguments over ``RECIPE`` (values as Ultralytics' CLI reads them), ``predict=N`` and
+    ``threads=N``."""
     from ultralytics.cfg import smart_value
 
-    args, n = dict(RECIPE), PREDICT
+    args, n, threads = dict(RECIPE), PREDICT, cores()
     for a in argv:
         key, sep, value = a.partition("=")
         if not sep or not key:
             raise ValueError(f"main-job: arguments are key=value, got {a!r}")
-        if key == "predict":
-            n = int(value)
+        if key in ("predict", "threads"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"main-job: {key} must be a whole number, got {value!r}") from None
+            if key == "threads" and number < 1:
+                raise ValueError(f"main-job: threads must be at least 1, got {number}")
+            n, threads = (number, threads) if key == "predict" else (n, number)
         else:
             args[key] = smart_value(value)
-    return args, n
+    return args, n, threads
 
 
 def test_images(data: str, n: int) -> list[str]:
@@ -80,17 +110,20 @@ def test_images(data: str, n: int) -> list[str]:
     return [str(p) for p in files[:n]]
 
 
-def run(args: dict[str, Any], n: int = PREDICT) -> dict[str, Any]:
-    """Train with ``args`` (``parse``'s), validate (the engine validates ``best.pt`` at the end), predict ``n`` test
-    images; a summary."""
+def run(args: dict[str, Any], n: int = PREDICT, threads: int | None = None) -> dict[str, Any]:
+    """Train with ``args`` (``parse``'s) and ``threads`` torch threads (default: every core), validate (the engine
+    validates ``best.pt`` at the end), predict ``n`` test images; a summary."""
+    threads = threads or cores()
     args = dict(args)
     if not Path(str(args["project"])).is_absolute():  # Ultralytics would put it below its runs_dir setting
         args["project"] = str(Path.cwd() / str(args["project"]))
     train = {k: v for k, v in args.items() if k != "model"}
     cli = " ".join(f"{k}={v}" for k, v in train.items())
     print(f"$ yolo train model={args['model']} {cli}", flush=True)
+    print(f"torch threads: {threads} (the plain command above would use Ultralytics' cpu_count - 1)", flush=True)
     t = time.perf_counter()
     model = model_class(args["model"])(args["model"])
+    use_threads(model, threads)
     model.train(**train)
     minutes = (time.perf_counter() - t) / 60
     trainer = model.trainer
@@ -102,6 +135,7 @@ def run(args: dict[str, Any], n: int = PREDICT) -> dict[str, Any]:
         out = Path(trainer.save_dir)
         print(f"$ yolo predict model={best} source=<{len(images)} test images> save=True project={out}", flush=True)
         predictor = model_class(str(best))(str(best))
+        use_threads(predictor, threads)
         predictor.predict(
             images,
             imgsz=args["imgsz"],
@@ -115,6 +149,7 @@ def run(args: dict[str, Any], n: int = PREDICT) -> dict[str, Any]:
         saved = out / "predict"
     summary = {
         "minutes": minutes,
+        "threads": threads,
         "epochs": trainer.epoch + 1,
         "mAP50": float(metrics.get("metrics/mAP50(B)", float("nan"))),
         "mAP50-95": float(metrics.get("metrics/mAP50-95(B)", float("nan"))),
@@ -132,9 +167,9 @@ def run(args: dict[str, Any], n: int = PREDICT) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Console entry: ``yolo-plugins main-job [key=value ...]``."""
     try:
-        args, n = parse(argv)
+        args, n, threads = parse(argv)
     except ValueError as e:
-        print(f"{e}\nusage: yolo-plugins main-job [key=value ...] [predict=N]", file=sys.stderr)
+        print(f"{e}\nusage: yolo-plugins main-job [key=value ...] [predict=N] [threads=N]", file=sys.stderr)
         return 2
-    run(args, n)
+    run(args, n, threads)
     return 0
