@@ -23,7 +23,9 @@ table).
 
 ``jobs=2`` trains two runs at a time (runs are ordered seed by seed, so the models of one seed train side by side):
 on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread and the recipe loads data in the
-training process (``workers=0``), so two runs share the machine without slowing each other much. ``limit=60`` stops
+training process (``workers=0``), so two runs share the machine without slowing each other much. ``jobs=1`` (the
+default) trains one run at a time on the whole machine, as the main job does: ``yolo-plugins main-job ... threads=N``
+with every CPU this process may use (``predict=0``; same recipe, same engine). ``limit=60`` stops
 a run that is still training after 60 minutes; its row then shows the epochs it finished and the validation of the
 last one (the learning-rate schedule is the recipe's, only cut short)."""
 
@@ -42,6 +44,7 @@ from pathlib import Path
 from speed import cpu_model  # the benchmarks' one CPU-name reader (this folder is on sys.path)
 
 from yolo_plugins.main_job import RECIPE as MAIN_JOB_RECIPE
+from yolo_plugins.main_job import cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,12 +108,13 @@ def run_name(model: str, seed: int) -> str:
     return f"{model}-seed{seed}"
 
 
-def command(model: str, seed: int, project: Path, overrides: dict[str, str]) -> list[str]:
-    """The ``yolo train`` command line for one model and seed."""
+def command(model: str, seed: int, project: Path, overrides: dict[str, str], threads: int | None = None) -> list[str]:
+    """The command line for one model and seed: ``yolo train`` (Ultralytics' own thread count), or with ``threads``
+    the main job's ``yolo-plugins main-job`` with that many torch threads."""
     args = {**RECIPE, **overrides, "seed": seed}
+    head = ["yolo", "train"] if threads is None else ["yolo-plugins", "main-job", "predict=0", f"threads={threads}"]
     return [
-        "yolo",
-        "train",
+        *head,
         f"model={MODELS[model]}",
         *(f"{k}={v}" for k, v in args.items()),
         f"project={project}",
@@ -130,9 +134,16 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return [{k.strip(): v.strip() for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def train(model: str, seed: int, project: Path, overrides: dict[str, str], limit: float | None = None) -> dict:
+def train(
+    model: str,
+    seed: int,
+    project: Path,
+    overrides: dict[str, str],
+    limit: float | None = None,
+    threads: int | None = None,
+) -> dict:
     """Train one model with one seed (stopped after ``limit`` minutes if given); return its row of the table."""
-    cmd = command(model, seed, project, overrides)
+    cmd = command(model, seed, project, overrides, threads)
     name = run_name(model, seed)
     print("$", shlex.join(cmd), flush=True)
     before, t = load(), time.perf_counter()
@@ -330,7 +341,7 @@ def main(argv: list[str]) -> None:
     done: dict[tuple[str, int], dict] = {}
 
     def run(key: tuple[str, int]) -> None:
-        done[key] = train(*key, project, overrides, limit)
+        done[key] = train(*key, project, overrides, limit, cores() if jobs == 1 else None)
         out.write_text(table([done[k] for k in runs if k in done]))  # a stopped benchmark keeps what it measured
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:

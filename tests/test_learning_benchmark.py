@@ -76,4 +76,6 @@ def test_seeds_argument():
     with pytest.raises(SystemExit, match="use seeds="):
         learning.parse(["seed=1"])
     cmd = learning.command("yolov10n", 4, Path("/tmp/p"), {})
-    assert "seed=4" in cmd and "name=yolov10n-seed4" in cmd
+    assert cmd[:2] == ["yolo", "train"] and "seed=4" in cmd and "name=yolov10n-seed4" in cmd
+    one = learning.command("yolov10n", 4, Path("/tmp/p"), {}, threads=2)  # jobs=1: the main job on every core
+    assert one[:4] == ["yolo-plugins", "main-job", "predict=0", "threads=2"] and one[4:] == cmd[2:]
