@@ -62,16 +62,6 @@ CASES += [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """Skip ``slow`` tests unless the run selects them (``-m slow``) or ``YOLO_PLUGINS_SLOW=1`` is set."""
-    if request.node.get_closest_marker("slow") is None:
-        return
-    markexpr = request.config.getoption("markexpr", "") or ""
-    if "slow" not in markexpr.replace("not slow", "") and os.environ.get("YOLO_PLUGINS_SLOW") != "1":
-        pytest.skip("slow: run with -m slow or YOLO_PLUGINS_SLOW=1")
-
-
 def calibrate(model: nn.Module, imgsz: int, seed: int = 0) -> nn.Module:
     """Make a freshly built model's outputs well-scaled and input-dependent, deterministically.
 
