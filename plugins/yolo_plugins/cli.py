@@ -6,6 +6,7 @@ yolo-plugins profile model=... ...     the profile tool (same as ``python -m yol
 yolo-plugins convert fork.yaml [-o native.yaml]   a fork-style YAML written as a native one (also model=... out=...)
 yolo-plugins import-weights file.pth [-o out.pt]  an official RT-DETR checkpoint as an Ultralytics one (also
                                                   weights=... out=...)
+yolo-plugins slim best.pt queries=N [eval_idx=K] [-o out.pt]  a trained RT-DETR with fewer inference queries/layers
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ commands:
   profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)
   convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)
   import-weights  file.pth [-o out.pt]: an official RT-DETR / RT-DETRv2 checkpoint (lyuwenyu/RT-DETR) as an
-            Ultralytics checkpoint of the matching zoo model (or weights=... out=...)"""
+            Ultralytics checkpoint of the matching zoo model (or weights=... out=...)
+  slim      best.pt queries=N [eval_idx=K] [-o out.pt]: a trained RT-DETR that keeps N queries (and reads decoder
+            layer K) at inference, for faster CPU inference without retraining (docs/deploy-cpu.md)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return _convert(rest)
     if cmd == "import-weights":
         return _import_weights(rest)
+    if cmd == "slim":
+        return _slim(rest)
     if cmd == "list":
         import yolo_plugins
 
@@ -119,3 +124,30 @@ def _import_weights(args: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _slim(args: list[str]) -> int:
+    """``slim best.pt queries=N [eval_idx=K] [-o out.pt]`` (or ``model=best.pt``)."""
+    from .slim import slim
+
+    numbers = {}
+    for key in ("queries", "eval_idx"):
+        found = [a for a in args if a.startswith(f"{key}=")]
+        for a in found:
+            args = [x for x in args if x != a]
+            try:
+                numbers[key] = int(a.split("=", 1)[1])
+            except ValueError:
+                print(f"yolo-plugins slim: {key} must be a whole number, got {a!r}", file=sys.stderr)
+                return 2
+    parsed = file_and_output(args, key="model")
+    if parsed is None:
+        print("usage: yolo-plugins slim best.pt queries=N [eval_idx=K] [-o out.pt]", file=sys.stderr)
+        return 2
+    try:
+        target, changed = slim(parsed[0], out=parsed[1], **numbers)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"yolo-plugins {e}", file=sys.stderr)
+        return 2
+    print(f"{parsed[0]}: {'; '.join(changed)} -> {target}")
+    return 0
