@@ -102,21 +102,20 @@ def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
 
 def disarm() -> None:
     """Take every trampoline out again: the host's own functions back on their owners and in every module that
-    imported one by name (a no-op when none is set)."""
+    imported one by name (a no-op when none is set); the activation then patches those modules like the host's."""
     global _armed
     with _lock:
         _armed = False
         for owner, attr, raw in reversed(_traps):
             setattr(owner, attr, raw)
         _traps.clear()
-        if _trampolines:  # modules that imported a trapped function by name hold the trampoline
-            names = {f.__name__ for f in _trampolines}
-            for module in list(sys.modules.values()):
-                held = getattr(module, "__dict__", None)
-                for name in names if isinstance(held, dict) else ():
-                    value = held.get(name)
-                    if isinstance(value, types.FunctionType) and value in _trampolines:
-                        held[name] = _trampolines[value]
+        held = {f.__name__: f for f in _trampolines}
+        for module in list(sys.modules.values()):
+            names = getattr(module, "__dict__", None)
+            for name in held if isinstance(names, dict) else ():
+                value = names.get(name)
+                if isinstance(value, types.FunctionType) and value in _trampolines:
+                    names[name] = _trampolines[value]
         _trampolines.clear()
 
 

@@ -26,12 +26,10 @@ from .parser_patch import DISPATCH, SUPPORTED, compile_patched, dispatch, host_v
 from .user_blocks import import_user_blocks
 
 SAFE_LOAD_MEMBERS = ("_lock", "_registry", "_build", "loading")  # what safe_load.wrap_loading uses
-# Host modules that import a patched function by name; those imported after activation hold the replacement.
-BY_NAME = (
-    ("ultralytics.data.utils", "check_file"),
-    ("ultralytics.engine.trainer", "load_checkpoint"),
-    ("ultralytics.nn.distill_model", "load_checkpoint"),
-)
+# Patched functions that modules import by name (``from ultralytics.nn.tasks import load_checkpoint``): any module
+# holding the host's function under that name at activation gets a row too, and any module holding the replacement
+# at deactivation (it imported it while active) gets the host's function back.
+BY_NAME = ("check_file", "load_checkpoint", "parse_model", "yaml_model_load")
 _lock = threading.RLock()
 _state: dict[str, Any] | None = None  # set while active: the patches applied and the names added
 
@@ -108,11 +106,14 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (safe, "loading", staticmethod(wrap_loading(safe.loading, safe, safe_added))),
         (checks, "check_file", check_file),
     ]
-    by_name = {"check_file": check_file, "load_checkpoint": load_ckpt}
-    for name, attr in BY_NAME:  # modules that imported a function by name before activation
-        module = sys.modules.get(name)
-        if module is not None:
-            rows.append((module, attr, by_name[attr]))
+    by_name = {"check_file": check_file, "load_checkpoint": load_ckpt, "parse_model": parse, "yaml_model_load": load}
+    host = {"check_file": checks.check_file, **{a: getattr(tasks, a) for a in BY_NAME if a != "check_file"}}
+    listed = {(id(owner), attr) for owner, attr, _ in rows}
+    for module in list(sys.modules.values()):  # modules that imported a function by name before activation
+        names = getattr(module, "__dict__", None)
+        for attr in BY_NAME if isinstance(names, dict) else ():
+            if names.get(attr) is host[attr] and (id(module), attr) not in listed:
+                rows.append((module, attr, by_name[attr]))
     return [Patch(owner, attr, _raw(owner, attr), new) for owner, attr, new in rows]
 
 
@@ -185,11 +186,13 @@ def activate() -> None:
 def _restore(table: list[Patch], added: set[str], tasks) -> None:
     for patch in table:
         patch.restore()
-    for name, attr in BY_NAME:  # imported after activation: the module holds our replacement
-        module = sys.modules.get(name)
-        patch = next((p for p in table if p.attr == attr and getattr(module, attr, None) is p.replacement), None)
-        if patch is not None:
-            setattr(module, attr, patch.original)
+    replaced = {id(p.replacement): p for p in table if p.attr in BY_NAME}
+    for module in list(sys.modules.values()):  # imported while active: the module holds our replacement
+        names = getattr(module, "__dict__", None)
+        for attr in BY_NAME if isinstance(names, dict) else ():
+            patch = replaced.get(id(names.get(attr)))
+            if patch is not None and patch.attr == attr:
+                names[attr] = patch.original
     for name in added:
         tasks.__dict__.pop(name, None)
 
