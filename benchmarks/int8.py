@@ -236,7 +236,9 @@ def report(args, argv, weights, formats, sizes, acc, times, errors, phases) -> s
         f"- models: {', '.join(f'`{n}` ({w})' for n, w in weights.items())}",
         f"- accuracy: stock validator on `{args['data']}` val at {args['val_imgsz']} px, batch 1; INT8 calibrated on "
         f"the `{args['split']}` split (Ultralytics' exporter: NNCF for OpenVINO, ONNX Runtime static quantization for "
-        f"ONNX); OpenVINO validated with Ultralytics' back end (the CPU's default precision, {default})",
+        f"ONNX); OpenVINO validated with Ultralytics' back end (the CPU's default precision, {default})"
+        if args["accuracy"]
+        else "- accuracy: not measured in this run (accuracy=False)",
         f"- latency: batch 1, {args['threads']} threads, warm-up {args['warmup']} (+1), {args['runs']} interleaved "
         f"rounds, median ms; OpenVINO hint `{args['ov_precision']}`; INT8 calibrated on {args['lat_fraction']:.0%} "
         f"of the split; ratio to `{baseline}` in the same runtime, precision and size",
