@@ -35,6 +35,7 @@ class Entry:
 
 
 _ENTRIES: dict[str, Entry] = {}
+_DEPLOY_FORMS: dict[str, Callable] = {}  # "module.Class" of a host/library module -> convert(instance) -> deploy form
 _listeners: list[Callable[[Entry, bool], None]] = []  # listener(entry, present): the active hook follows changes
 
 
@@ -142,6 +143,27 @@ def entry_for(cls: type) -> Entry | None:
         if e.cls is cls:
             return e
     return None
+
+
+def deploy_form(host: str) -> Callable[[Callable], Callable]:
+    """Register ``convert(module) -> module``: the exact deploy form of a host or library module.
+
+    ``host`` is the dotted class path (``"ultralytics.nn.modules.transformer.MSDeformAttn"``), so nothing is imported
+    to register it. ``model.fuse()`` replaces every instance of exactly that class with ``convert(instance)``, but only
+    inside models that contain a yolo-plugins block (stock models stay stock); ``convert`` must return a module that
+    computes the same outputs.
+    """
+
+    def decorator(convert: Callable) -> Callable:
+        _DEPLOY_FORMS[host] = convert
+        return convert
+
+    return decorator
+
+
+def deploy_form_for(cls: type) -> Callable | None:
+    """The converter registered for exactly this class (not its subclasses), if any."""
+    return _DEPLOY_FORMS.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:

@@ -1,3 +1,4 @@
-"""Built-in blocks. Importing this package registers them; each file holds one block family."""
+"""Built-in blocks. Importing this package registers them and the deploy forms ``fuse()`` swaps in; each file holds
+one block family (or one deploy form)."""
 
-from . import efficientvit, pick, timm_backbone, yolov10  # noqa: F401  (importing registers the blocks)
+from . import cascaded_attention, deform_attention, efficientvit, pick, timm_backbone, yolov10  # noqa: F401

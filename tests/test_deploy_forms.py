@@ -1,0 +1,146 @@
+"""Deploy forms: ``model.fuse()`` swaps EfficientViT's cascaded attention and RT-DETR's deformable attention for
+exact, CPU-friendlier modules inside plugin models, and leaves stock models as the host builds them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import randomise_bn
+from ultralytics import RTDETR, YOLO
+from ultralytics.nn.modules.transformer import MSDeformAttn
+
+from yolo_plugins import fusing, registry
+from yolo_plugins.blocks.cascaded_attention import DeployCascadedAttention
+from yolo_plugins.blocks.deform_attention import DeployDeformAttn
+
+
+def untied(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """float64, eval, non-trivial BN statistics and noise on every weight (a fresh decoder's layers are copies)."""
+    model = model.double().eval()
+    randomise_bn(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    return model
+
+
+def fused_pair(model: torch.nn.Module, monkeypatch) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(fused with deploy forms, fused without them) copies of ``model``."""
+    with_forms = copy.deepcopy(model).fuse(verbose=False)
+    with monkeypatch.context() as m:
+        m.setattr(fusing, "to_deploy_forms", lambda model: 0)
+        without = copy.deepcopy(model).fuse(verbose=False)
+    return with_forms, without
+
+
+def raw(out) -> torch.Tensor:
+    """An RT-DETR's decoder boxes and logits (before top-k), or a YOLO's first output."""
+    if isinstance(out, tuple) and isinstance(out[1], tuple):
+        return torch.cat([out[1][0], out[1][1]], -1)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def kinds(model: torch.nn.Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in model.modules():
+        out[type(m).__name__] = out.get(type(m).__name__, 0) + 1
+    return out
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("imgsz", [96, 160])
+def test_default_model_deploy_forms_are_exact(monkeypatch, imgsz):
+    model = untied(RTDETR("cfg/models/rtdetr-effvit.yaml").model)
+    fast, ref = fused_pair(model, monkeypatch)
+    k = kinds(fast)
+    assert k.get("DeployDeformAttn") == 3 and k.get("DeployCascadedAttention") == 3  # 3 decoder layers, 3 blocks
+    assert "CascadedGroupAttention" not in k and k.get("MSDeformAttn", 0) == 0
+    assert kinds(ref).get("MSDeformAttn") == 3 and "DeployDeformAttn" not in kinds(ref)
+    x = torch.rand(1, 3, imgsz, imgsz, dtype=torch.double)
+    a, b = raw(fast(x)), raw(ref(x))
+    assert a.shape == b.shape == (1, 1, 100, 4 + 80)  # the last decoder layer's boxes and logits
+    assert rel_err(a, b) < 1e-11
+    assert torch.allclose(fast(x)[0], ref(x)[0], rtol=0, atol=1e-9)  # the same detections after top-k
+
+
+@torch.no_grad()
+def test_yolov10_effvit_gets_the_attention_form(monkeypatch):
+    model = untied(YOLO("cfg/models/yolov10-effvit.yaml").model)
+    fast, ref = fused_pair(model, monkeypatch)
+    assert kinds(fast).get("DeployCascadedAttention") == 6  # M0 with all three stages: 1 + 2 + 3 blocks
+    x = torch.rand(1, 3, 128, 96, dtype=torch.double)
+    assert rel_err(raw(fast(x)), raw(ref(x))) < 1e-11
+
+
+@torch.no_grad()
+def test_fuse_is_idempotent_and_counts_deploy_forms():
+    model = untied(RTDETR("cfg/models/rtdetr-effvit.yaml").model)
+    assert not model.is_fused()
+    model.fuse(verbose=False)
+    assert model.is_fused()
+    x = torch.rand(1, 3, 96, 96, dtype=torch.double)
+    before, n = raw(model(x)), kinds(model)
+    model.fuse(verbose=False)
+    assert kinds(model) == n and torch.equal(raw(model(x)), before)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg", ["rtdetr-l.yaml", "cfg/models/rtdetr-v10.yaml"])
+def test_models_without_plugin_blocks_stay_stock(cfg):
+    """Stock models, and plugin YAMLs built only from host classes, keep the host's modules and graph."""
+    model = RTDETR(cfg).model.eval()
+    assert not fusing.uses_plugin_blocks(model)
+    model.fuse(verbose=False)
+    assert sum(type(m) is MSDeformAttn for m in model.modules()) > 0
+    assert not any(isinstance(m, (DeployDeformAttn, DeployCascadedAttention)) for m in model.modules())
+
+
+def test_masks_point_references_training_and_gradients_match_the_host():
+    torch.manual_seed(0)
+    host = MSDeformAttn(32, 2, 4, 2).eval()
+    for p in host.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    form = registry.deploy_form_for(MSDeformAttn)(host)
+    assert type(form) is DeployDeformAttn and not form.training
+    assert sum(p.numel() for p in form.parameters()) == sum(p.numel() for p in host.parameters())
+    shapes = [[4, 4], [2, 2]]
+    q, value = torch.randn(2, 5, 32), torch.randn(2, 20, 32)
+    ref = torch.rand(2, 5, 1, 4) * 0.5 + 0.25
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[0, :3] = mask[1, 17:] = True
+    cases = [(ref,), (ref, mask), (ref[..., :2],), (ref[..., :2], mask)]
+    with torch.no_grad():
+        for c in cases:
+            args = (q, c[0], value, shapes, *c[1:])
+            assert torch.allclose(form(*args), host(*args), atol=1e-5)
+    form.train(), host.train()
+    qa, qb = q.clone().requires_grad_(), q.clone().requires_grad_()
+    a, b = form(qa, ref, value, shapes), host(qb, ref, value, shapes)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.square().sum().backward(), b.square().sum().backward()
+    assert torch.allclose(qa.grad, qb.grad, atol=1e-4)
+    with pytest.raises(ValueError, match="must be 2 or 4"):
+        form(q, torch.rand(2, 5, 1, 3), value, shapes)
+
+
+def test_ultralytics_gflops_of_the_fused_model_are_unchanged(monkeypatch):
+    from ultralytics.utils.torch_utils import get_flops
+
+    model = RTDETR("cfg/models/rtdetr-effvit.yaml").model.eval()
+    fast, ref = fused_pair(model, monkeypatch)
+    assert get_flops(fast, 160) == pytest.approx(get_flops(ref, 160), rel=1e-6)
+
+
+def test_deploy_forms_match_exact_classes_only():
+    assert registry.deploy_form_for(MSDeformAttn) is not None
+    assert registry.deploy_form_for(DeployDeformAttn) is None  # a swapped module is not swapped again
+    from timm.models.efficientvit_msra import CascadedGroupAttention
+
+    assert registry.deploy_form_for(CascadedGroupAttention) is not None
