@@ -6,7 +6,8 @@ validator and the runtimes' CPU back ends.
 
 ``models=``: trained checkpoints (default: ``best.pt`` of ``rtdetr-effvit-seed0`` and ``yolov10n-seed0`` in
 ``runs/learning``, i.e. ``python benchmarks/learning.py``'s 30-epoch recipe); each is named by its run folder, and
-ratios are to the model whose name starts with ``baseline=yolov10n``.
+ratios are to the model whose name starts with ``baseline=yolov10n``. ``a.pt@host`` adds the same checkpoint fused
+without the plugin's deploy forms (as in ``speed.py``), for the forms' gain in one run.
 
 1. Accuracy (one subprocess per model): the stock validator (``model.val(data=..., imgsz=val_imgsz)``) on the
    PyTorch checkpoint, then on each export of ``formats=openvino,onnx`` in float32 and in INT8
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from speed import RUNTIMES, call, cpu_model, fmt_load, nproc, split, subprocess_env, typed_args
+from speed import RUNTIMES, call, cpu_model, fmt_load, forms, nproc, split, split_host, subprocess_env, typed_args
 
 ROOT = Path(__file__).resolve().parents[1]
 LEARNING = ROOT / "runs" / "learning"
@@ -91,17 +92,19 @@ def accuracy(spec: dict) -> dict:
     """Worker: val mAP50 / mAP50-95 of the checkpoint and of each float32 and INT8 export at ``val_imgsz``."""
     from yolo_plugins.main_job import model_class
 
-    pt = copy_to(spec["weights"], Path(spec["folder"]), spec["name"])
+    pt = copy_to(split_host(spec["weights"])[0], Path(spec["folder"]), spec["name"])
     cls, s, out = model_class(str(pt)), spec["val_imgsz"], {}
     targets = [("pytorch", 32, pt)] + [(f, q, None) for f in spec["formats"] for q in (32, 8)]
     for fmt, q, path in targets:
         key = f"{fmt}-{q}"
         try:
             t = time.perf_counter()
-            path = path or export(cls(str(pt)), fmt, s, q, spec)
+            with forms(spec["weights"]):
+                path = path or export(cls(str(pt)), fmt, s, q, spec)
             seconds = time.perf_counter() - t
             m = cls(str(path.parent if fmt == "openvino" else path))
-            r = m.val(data=spec["data"], imgsz=s, batch=1, device="cpu", plots=False, verbose=False)
+            with forms(spec["weights"]):
+                r = m.val(data=spec["data"], imgsz=s, batch=1, device="cpu", plots=False, verbose=False)
             out[key] = {"mAP50": float(r.box.map50), "mAP50-95": float(r.box.map), "export_s": seconds}
         except Exception as e:
             out[key] = {"error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
@@ -109,21 +112,26 @@ def accuracy(spec: dict) -> dict:
 
 
 def exports(spec: dict) -> dict:
-    """Worker: float32 and INT8 exports of one checkpoint at every size: ``{"fmt-q": {size: file}}`` or errors."""
+    """Worker: float32 and INT8 exports of one checkpoint at every size: ``{"fmt-q": {size: file}}`` or errors.
+
+    ``weights`` ending in ``@host`` (see ``speed.py``): exported and timed without the plugin's deploy forms.
+    """
     from yolo_plugins.main_job import model_class
 
+    weights, host = split_host(spec["weights"])
     files: dict[str, dict[str, str]] = {}
     for s in spec["imgsz"]:
-        pt = copy_to(spec["weights"], Path(spec["folder"]) / str(s), spec["name"])
+        pt = copy_to(weights, Path(spec["folder"]) / str(s), spec["name"])
         for fmt in spec["formats"]:
             for q in (32, 8):
                 try:  # a folder per export: the INT8 ONNX export deletes the float32 file it quantized
-                    own = copy_to(spec["weights"], Path(spec["folder"]) / str(s) / f"{fmt}-{q}", spec["name"])
-                    f = export(model_class(str(own))(str(own)), fmt, s, q, spec)
+                    own = copy_to(weights, Path(spec["folder"]) / str(s) / f"{fmt}-{q}", spec["name"])
+                    with forms(spec["weights"]):
+                        f = export(model_class(str(own))(str(own)), fmt, s, q, spec)
                     files.setdefault(f"{fmt}-{q}", {})[str(s)] = str(f)
                 except Exception as e:
                     files.setdefault(f"{fmt}-{q}", {})[str(s)] = "error: " + " ".join(str(e).split())[:200]
-        files.setdefault("pytorch-32", {})[str(s)] = str(pt)
+        files.setdefault("pytorch-32", {})[str(s)] = str(pt) + ("@host" if host else "")
     return files
 
 
@@ -154,8 +162,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
         return worker(*argv[1:4])
     args = typed_args(argv, DEFAULTS, "int8.py")
-    weights = {label(w): str(Path(w).resolve()) for w in split(args["models"])}
-    missing = [w for w in weights.values() if not Path(w).is_file()]
+    weights = {}
+    for w in split(args["models"]):
+        base, host = split_host(w)
+        weights[label(base) + ("-host-forms" if host else "")] = str(Path(base).resolve()) + ("@host" if host else "")
+    missing = [w for w in weights.values() if not Path(split_host(w)[0]).is_file()]
     if missing:
         raise SystemExit(f"int8.py: no checkpoint {missing}; train them with `python benchmarks/learning.py` first")
     sizes, formats = [int(s) for s in split(args["imgsz"])], split(args["formats"])

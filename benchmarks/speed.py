@@ -7,7 +7,9 @@
 
 Models: the ``n`` scale of every ``cfg/models/rtdetr*.yaml`` that has one, any ``models=a.yaml,b.yaml``, and the stock
 ``stock=yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml`` (built from YAML: random weights; nothing downloads), or trained
-checkpoints (``models=best.pt``). Ratios are to ``baseline=yolov10n`` within each runtime and size.
+checkpoints (``models=best.pt``). Ratios are to ``baseline=yolov10n`` within each runtime and size. A model given as
+``models=a.yaml@host`` is also fused without the plugin's deploy forms (``registry.deploy_form``: the host's own
+attention modules), timed beside the same model with them: the forms' gain, measured in one run.
 
 Weights of YAML-built models are untied first (``untie``: seeded noise on every parameter). A fresh RT-DETR's decoder
 layers are exact copies of one another and its biases are zero, and ONNX Runtime and OpenVINO merge identical
@@ -48,6 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,9 +150,10 @@ def models_from(args: dict[str, Any]) -> list[Model]:
     todo = [Model(Path(c).stem, c, "stock") for c in split(args["stock"])]
     todo += zoo_models() if args["zoo"] else []
     # a file named relative to the caller's directory is passed on as an absolute path: the workers run elsewhere
-    todo += [
-        Model(Path(c).stem, str(Path(c).resolve()) if Path(c).is_file() else c, "extra") for c in split(args["models"])
-    ]
+    for c in split(args["models"]):
+        base, host = split_host(c)
+        cfg = (str(Path(base).resolve()) if Path(base).is_file() else base) + (HOST if host else "")
+        todo.append(Model(Path(base).stem + ("-host-forms" if host else ""), cfg, "extra"))
     seen, out = set(), []
     for m in todo:
         if m.name not in seen:
@@ -161,10 +166,33 @@ def models_from(args: dict[str, Any]) -> list[Model]:
 # Subprocess workers (run as ``speed.py --worker prepare|time SPEC.json OUT.json``)
 
 
+HOST = "@host"  # model suffix: fused without the plugin's deploy forms
+
+
+def split_host(cfg: str) -> tuple[str, bool]:
+    """``("a.yaml", True)`` for ``"a.yaml@host"``, else ``(cfg, False)``."""
+    return (cfg[: -len(HOST)], True) if cfg.endswith(HOST) else (cfg, False)
+
+
+@contextmanager
+def forms(cfg: str) -> Iterator[None]:
+    """Inside, ``model.fuse()`` skips the plugin's deploy forms when ``cfg`` ends with ``@host``."""
+    from yolo_plugins import fusing
+
+    original = fusing.to_deploy_forms
+    if split_host(cfg)[1]:
+        fusing.to_deploy_forms = lambda model: 0
+    try:
+        yield
+    finally:
+        fusing.to_deploy_forms = original
+
+
 def build(cfg: str):
     """``RTDETR(cfg)`` for a model whose head is ``RTDETRDecoder``, else ``YOLO(cfg)``; YAML-built weights untied."""
     from yolo_plugins.main_job import model_class
 
+    cfg = split_host(cfg)[0]
     model = model_class(cfg)(cfg)
     if not str(cfg).endswith(".pt"):
         untie(model.model)
@@ -199,7 +227,8 @@ def prepare(spec: dict) -> dict:
     except Exception as e:
         out["build_error"] = f"build failed: {brief(e)}"
         return out
-    fused = deployable(model.model)
+    with forms(spec["cfg"]):
+        fused = deployable(model.model)
     out["params"] = get_num_params(fused)
     out["gflops"] = {str(s): get_flops(fused, s) for s in spec["imgsz"]}
     formats = [f for f in ("onnx", "openvino") if f in spec["formats"]]
@@ -211,9 +240,11 @@ def prepare(spec: dict) -> dict:
             try:
                 kw = {"simplify": spec["simplify"]} if fmt == "onnx" else {}
                 src = model
-                if str(spec["cfg"]).endswith(".pt"):  # a checkpoint exports beside itself: one copy per size
-                    src = build(shutil.copy(spec["cfg"], folder / Path(spec["cfg"]).name))
-                f = Path(src.export(format=fmt, imgsz=s, device="cpu", verbose=False, **kw))
+                base = split_host(spec["cfg"])[0]
+                if base.endswith(".pt"):  # a checkpoint exports beside itself: one copy per size
+                    src = build(shutil.copy(base, folder / Path(base).name))
+                with forms(spec["cfg"]):
+                    f = Path(src.export(format=fmt, imgsz=s, device="cpu", verbose=False, **kw))
                 if fmt == "openvino":
                     f = next(f.glob("*.xml"))
                 out["files"].setdefault(fmt, {})[str(s)] = str(f.resolve())
@@ -229,7 +260,8 @@ def runner(runtime: str, path: str, imgsz: int, threads: int, x, precision: str)
 
         from yolo_plugins.profile.sweep import deployable
 
-        model = deployable(build(path).model)
+        with forms(path):
+            model = deployable(build(path).model)
         im = torch.from_numpy(x)
 
         def run() -> Any:

@@ -35,12 +35,14 @@ def uses_plugin_blocks(model: torch.nn.Module) -> bool:
 
 
 def deploy_swaps(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, torch.nn.Module, Callable]]:
-    """``(parent, name, child, convert)`` for every child that has a registered deploy form."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            convert = registry.deploy_form_for(type(child))
-            if convert is not None:
-                yield parent, name, child, convert
+    """``(parent, name, child, convert)`` for every child that has a registered deploy form (not looking inside a
+    deploy form, which may hold the module it replaced)."""
+    for name, child in model.named_children():
+        convert = registry.deploy_form_for(type(child))
+        if convert is not None:
+            yield model, name, child, convert
+        elif not getattr(child, "is_deploy_form", False):
+            yield from deploy_swaps(child)
 
 
 def to_deploy_forms(model: torch.nn.Module) -> int:

@@ -151,7 +151,7 @@ def deploy_form(host: str) -> Callable[[Callable], Callable]:
     ``host`` is the dotted class path (``"ultralytics.nn.modules.transformer.MSDeformAttn"``), so nothing is imported
     to register it. ``model.fuse()`` replaces every instance of exactly that class with ``convert(instance)``, but only
     inside models that contain a yolo-plugins block (stock models stay stock); ``convert`` must return a module that
-    computes the same outputs.
+    computes the same outputs (one that keeps the replaced module as a child sets ``is_deploy_form = True``).
     """
 
     def decorator(convert: Callable) -> Callable:

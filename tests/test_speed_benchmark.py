@@ -1,0 +1,44 @@
+"""benchmarks/speed.py: what it times must time like a trained model."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from ultralytics import RTDETR
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import speed  # noqa: E402
+
+
+def test_untie_makes_fresh_decoder_layers_distinct_and_biases_nonzero():
+    """A fresh RT-DETR's decoder layers are copies (runtimes merged them); untied weights are all distinct."""
+    fresh = RTDETR("cfg/models/rtdetr-effvit.yaml").model
+    layers = fresh.model[-1].decoder.layers
+    assert torch.equal(layers[0].cross_attn.value_proj.weight, layers[1].cross_attn.value_proj.weight)
+    assert not layers[0].cross_attn.value_proj.bias.any()
+    la = speed.build("cfg/models/rtdetr-effvit.yaml").model.model[-1].decoder.layers
+    assert not torch.equal(la[0].cross_attn.value_proj.weight, la[1].cross_attn.value_proj.weight)
+    assert la[0].cross_attn.value_proj.bias.abs().min() > 0
+    a, b = copy.deepcopy(fresh), copy.deepcopy(fresh)
+    speed.untie(a), speed.untie(b)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # seeded noise
+
+
+def test_host_suffix_fuses_without_the_deploy_forms():
+    from yolo_plugins.profile.sweep import deployable
+
+    def names(cfg: str) -> set[str]:
+        with speed.forms(cfg):
+            return {type(m).__name__ for m in deployable(speed.build(cfg).model).modules()}
+
+    assert {"DeployDeformAttn", "DeployCascadedAttention"} <= names("cfg/models/rtdetr-effvit.yaml")
+    host = names("cfg/models/rtdetr-effvit.yaml@host")
+    assert "MSDeformAttn" in host and not any(n.startswith("Deploy") for n in host)
+    assert [m.name for m in speed.models_from({"stock": "", "zoo": False, "models": "a.yaml,a.yaml@host"})] == [
+        "a",
+        "a-host-forms",
+    ]
