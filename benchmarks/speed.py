@@ -171,6 +171,7 @@ HOST = "@host"  # model suffix: fused without the plugin's deploy forms
 
 def split_host(cfg: str) -> tuple[str, bool]:
     """``("a.yaml", True)`` for ``"a.yaml@host"``, else ``(cfg, False)``."""
+    cfg = str(cfg)
     return (cfg[: -len(HOST)], True) if cfg.endswith(HOST) else (cfg, False)
 
 
@@ -242,7 +243,7 @@ def prepare(spec: dict) -> dict:
                 src = model
                 base = split_host(spec["cfg"])[0]
                 if base.endswith(".pt"):  # a checkpoint exports beside itself: one copy per size
-                    src = build(shutil.copy(base, folder / Path(base).name))
+                    src = build(str(shutil.copy(base, folder / Path(base).name)))
                 with forms(spec["cfg"]):
                     f = Path(src.export(format=fmt, imgsz=s, device="cpu", verbose=False, **kw))
                 if fmt == "openvino":
