@@ -74,7 +74,7 @@ def test_default_model_deploy_forms_are_exact(monkeypatch, export_path, imgsz):
     assert kinds(ref).get("MSDeformAttn") == 3 and "DeployDeformAttn" not in kinds(ref)
     x = torch.rand(1, 3, imgsz, imgsz, dtype=torch.double)
     a, b = raw(fast(x)), raw(ref(x))
-    assert a.shape == b.shape == (1, 1, 100, 4 + 80)  # the last decoder layer's boxes and logits
+    assert a.shape == b.shape == (1, 1, 50, 4 + 80)  # 50 queries: the last decoder layer's boxes and logits
     assert rel_err(a, b) < 1e-9
     assert torch.allclose(fast(x)[0], ref(x)[0], rtol=0, atol=1e-9)  # the same detections after top-k
 

@@ -36,9 +36,9 @@ def test_slim_keeps_the_best_queries_and_reads_the_chosen_layer(checkpoint):
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
     full = outputs(checkpoint, x)
     target, changed = slim(checkpoint, queries=40)
-    assert target == checkpoint.with_name("rtdetr-effvit-n-q40.pt") and changed == ["queries 100 -> 40"]
+    assert target == checkpoint.with_name("rtdetr-effvit-n-q40.pt") and changed == ["queries 50 -> 40"]
     cut = outputs(target, x)
-    assert full.shape[1] == 100 and cut.shape[1] == 40
+    assert full.shape[1] == 50 and cut.shape[1] == 40
     assert torch.isfinite(cut).all() and cut.shape[2] == full.shape[2]
     target, changed = slim(checkpoint, eval_idx=0, out=checkpoint.with_name("e0.pt"))
     assert changed == ["decoder layers used 3 -> 1 of 3"]
@@ -74,6 +74,6 @@ def test_slim_command_line(checkpoint, tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert "queries 100 -> 30; decoder layers used 3 -> 2 of 3" in r.stdout and out.is_file()
+    assert "queries 50 -> 30; decoder layers used 3 -> 2 of 3" in r.stdout and out.is_file()
     bad = subprocess.run(["yolo-plugins", "slim", str(checkpoint), "queries=many"], capture_output=True, text=True)
     assert bad.returncode == 2 and "queries must be a whole number, got 'queries=many'" in bad.stderr
