@@ -4,6 +4,7 @@
     python benchmarks/speed.py imgsz=640,320 runs=30 threads=2 out=benchmarks/results
     python benchmarks/speed.py models=my-model.yaml              # one more model beside the zoo and stock ones
     python benchmarks/speed.py imgsz=320 runs=1 warmup=0 zoo=False stock=yolov10n.yaml   # a quick smoke run
+    python benchmarks/speed.py imgsz=320 repeats=5 zoo=False models=a.pt,b.pt baseline=b   # a ratio's spread
 
 Models: the ``n`` scale of every ``cfg/models/rtdetr*.yaml`` that has one, any ``models=a.yaml,b.yaml``, and the stock
 ``stock=yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml`` (built from YAML: random weights; nothing downloads), or trained
@@ -31,6 +32,11 @@ Method, in one command:
    falls on all models alike. Each timed call is followed by a ``gap_ms`` pause, untimed: ONNX Runtime's worker
    threads spin for about 35 ms after a call (PyTorch's OpenMP threads about 10 ms), and without the pause one
    session's spinning threads would compete with the next model's run. Medians and minima per model are reported.
+3. ``repeats=N`` runs step 2 N times over (all sizes and runtimes once per repeat, each phase again in a fresh
+   process, so that minutes apart the machine's state differs): the table then gives the median over every round of
+   every repeat and, beside each ratio, the range of the N per-repeat ratios (each repeat's median over the
+   baseline's median in the same repeat). A ratio that straddles 1.00x over the repeats is "about even", whatever its
+   median says; one run of step 2 cannot show that.
 
 Precision: float32 everywhere. PyTorch and ONNX Runtime's CPU provider compute in float32; OpenVINO is compiled with
 ``INFERENCE_PRECISION_HINT`` = ``ov_precision`` (``f32``), since its CPU plugin otherwise runs in bf16 on CPUs with
@@ -63,6 +69,7 @@ RUNTIMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "Op
 DEFAULTS: dict[str, Any] = {
     "imgsz": "640,320",
     "runs": 30,
+    "repeats": 1,
     "warmup": 5,
     "threads": 2,
     "models": "",
@@ -132,6 +139,7 @@ class Model:
     files: dict[str, dict[int, str]] = field(default_factory=dict)  # runtime -> imgsz -> exported file
     errors: dict[str, dict[int, str]] = field(default_factory=dict)  # runtime -> imgsz -> why it has no number
     times: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # runtime -> imgsz -> timed runs (ms)
+    medians: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)  # runtime -> imgsz -> repeat -> ms
 
 
 def zoo_models() -> list[Model]:
@@ -452,26 +460,29 @@ def run(args: dict[str, Any], argv: list[str]) -> tuple[list[Model], dict]:
             spec = {"cfg": m.cfg, "imgsz": sizes, "formats": sorted(formats), "simplify": args["simplify"]}
             r = call("prepare", {**spec, "folder": str(tmp / m.name)}, tmp, env, quiet=True)
             settle(m, r, sizes, runtimes, args["ov_model"])
-        for s in sizes:
-            for rt in runtimes:
-                todo = {m.name: m.files[rt][s] for m in models if s in m.files[rt]}
-                load = os.getloadavg()
-                print(f"{RUNTIMES[rt]} @{s}: {len(todo)} models; load average at start {fmt_load(load)}", flush=True)
-                spec = {"runtime": rt, "imgsz": s, "models": todo, **{k: args[k] for k in TIMING_KEYS}}
-                r = call("time", spec, tmp, env)
-                if "crash" in r:
-                    r = {"times": {}, "errors": dict.fromkeys(todo, r["crash"]), "info": {}, "load": [load, load]}
-                end = os.getloadavg()
-                print(f"{RUNTIMES[rt]} @{s}: load average at end {fmt_load(end)}", flush=True)
-                meta["phases"].append({"runtime": rt, "imgsz": s, "load": [load, end], "worker_load": r["load"]})
-                for m in models:
-                    if m.name in r["times"]:
-                        m.times.setdefault(rt, {})[s] = r["times"][m.name]
-                    if m.name in r["errors"]:
-                        m.errors[rt][s] = r["errors"][m.name]
-                precisions = {i.get("precision") for i in r["info"].values()}
-                meta["precision"].setdefault(rt, set()).update(p for p in precisions if p)
-                meta.setdefault("ov_info", []).extend(i for i in r["info"].values() if rt == "openvino")
+        for rep, s, rt in [(rep, s, rt) for rep in range(args["repeats"]) for s in sizes for rt in runtimes]:
+            todo = {m.name: m.files[rt][s] for m in models if s in m.files[rt] and s not in m.errors[rt]}
+            load = os.getloadavg()
+            tag = f"{RUNTIMES[rt]} @{s}" + (f" (repeat {rep + 1}/{args['repeats']})" if args["repeats"] > 1 else "")
+            print(f"{tag}: {len(todo)} models; load average at start {fmt_load(load)}", flush=True)
+            spec = {"runtime": rt, "imgsz": s, "models": todo, **{k: args[k] for k in TIMING_KEYS}}
+            r = call("time", spec, tmp, env)
+            if "crash" in r:
+                r = {"times": {}, "errors": dict.fromkeys(todo, r["crash"]), "info": {}, "load": [load, load]}
+            end = os.getloadavg()
+            print(f"{tag}: load average at end {fmt_load(end)}", flush=True)
+            meta["phases"].append(
+                {"runtime": rt, "imgsz": s, "repeat": rep, "load": [load, end], "worker_load": r["load"]}
+            )
+            for m in models:
+                if m.name in r["times"]:
+                    m.times.setdefault(rt, {}).setdefault(s, []).extend(r["times"][m.name])
+                    m.medians.setdefault(rt, {}).setdefault(s, {})[rep] = median(r["times"][m.name])
+                if m.name in r["errors"]:
+                    m.errors[rt][s] = r["errors"][m.name]
+            precisions = {i.get("precision") for i in r["info"].values()}
+            meta["precision"].setdefault(rt, set()).update(p for p in precisions if p)
+            meta.setdefault("ov_info", []).extend(i for i in r["info"].values() if rt == "openvino")
     finally:
         if args["keep"]:
             print(f"exports and worker files kept in {tmp}")
@@ -488,6 +499,15 @@ def median(times: list[float] | None) -> float | None:
     return statistics.median(times) if times else None
 
 
+def ratio_range(m: Model, base: Model | None, runtime: str, imgsz: int) -> tuple[float, float] | None:
+    """Lowest and highest per-repeat ratio of ``m``'s median to ``base``'s (over the repeats that timed both)."""
+    if base is None:
+        return None
+    mine, theirs = m.medians.get(runtime, {}).get(imgsz, {}), base.medians.get(runtime, {}).get(imgsz, {})
+    ratios = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
+    return (min(ratios), max(ratios)) if ratios else None
+
+
 def rows(models: list[Model], meta: dict, baseline: str) -> list[dict[str, Any]]:
     """One flat record per model, runtime and size (the CSV rows)."""
     out = []
@@ -498,6 +518,7 @@ def rows(models: list[Model], meta: dict, baseline: str) -> list[dict[str, Any]]
             for m in models:
                 t = m.times.get(rt, {}).get(s)
                 med = median(t)
+                spread = ratio_range(m, base, rt, s)
                 out.append(
                     {
                         "model": m.name,
@@ -510,6 +531,9 @@ def rows(models: list[Model], meta: dict, baseline: str) -> list[dict[str, Any]]
                         "min_ms": None if not t else round(min(t), 3),
                         "runs": len(t or []),
                         f"ratio_to_{baseline}": None if med is None or not b else round(med / b, 3),
+                        "repeats": len(m.medians.get(rt, {}).get(s, {})),
+                        "ratio_min": None if spread is None else round(spread[0], 3),
+                        "ratio_max": None if spread is None else round(spread[1], 3),
                         "error": m.errors.get(rt, {}).get(s, ""),
                     }
                 )
@@ -536,7 +560,12 @@ def markdown(models: list[Model], meta: dict, args: dict[str, Any]) -> str:
         f"openvino {v.get('openvino')}, ultralytics {v.get('ultralytics')}, onnx {v.get('onnx')}, "
         f"onnxslim {v.get('onnxslim')}",
         f"- settings: batch 1, threads {args['threads']}, warm-up {args['warmup']} (+1) runs per model, "
-        f"{args['runs']} interleaved rounds, {args['gap_ms']:g} ms pause after each call; median (min) ms",
+        f"{args['runs']} interleaved rounds, {args['gap_ms']:g} ms pause after each call; median (min) ms"
+        + (
+            f"; {args['repeats']} repeats of every phase (the median is over all their rounds)"
+            if args["repeats"] > 1
+            else ""
+        ),
         "- precision: PyTorch "
         + ", ".join(prec.get("pytorch", ["-"]))
         + "; ONNX Runtime (CPU provider) "
@@ -551,10 +580,13 @@ def markdown(models: list[Model], meta: dict, args: dict[str, Any]) -> str:
         "- GFLOPs: Ultralytics' counter (thop) on the fused model at that size; params of the fused model",
         "- load average (1, 5, 15 min) at start -> end of each phase: "
         + "; ".join(
-            f"{RUNTIMES[p['runtime']]} @{p['imgsz']} {fmt_load(p['load'][0])} -> {fmt_load(p['load'][1])}"
+            f"{RUNTIMES[p['runtime']]} @{p['imgsz']}"
+            + (f" (repeat {p['repeat'] + 1})" if args["repeats"] > 1 else "")
+            + f" {fmt_load(p['load'][0])} -> {fmt_load(p['load'][1])}"
             for p in meta["phases"]
         ),
-        f"- ratio: median / median of `{baseline}` with the same runtime and size",
+        f"- ratio: median / median of `{baseline}` with the same runtime and size"
+        + ("; beside it the lowest-highest of the per-repeat ratios" if args["repeats"] > 1 else ""),
         "",
     ]
     notes: list[str] = []
@@ -570,6 +602,9 @@ def markdown(models: list[Model], meta: dict, args: dict[str, Any]) -> str:
                 bt = median(base.times.get(rt, {}).get(s)) if base else None
                 if t:
                     ratio = f"{median(t) / bt:.2f}x" if bt else "-"
+                    spread = ratio_range(m, base, rt, s)
+                    if args["repeats"] > 1 and spread and m is not base:
+                        ratio += f", {spread[0]:.2f}-{spread[1]:.2f}x"
                     cells.append(f"{median(t):.1f} ({ratio}), min {min(t):.1f}")
                 else:
                     why = m.errors.get(rt, {}).get(s, "not timed")

@@ -42,3 +42,18 @@ def test_host_suffix_fuses_without_the_deploy_forms():
         "a",
         "a-host-forms",
     ]
+
+
+def test_repeats_give_the_spread_of_per_repeat_ratios():
+    """``repeats=N``: each repeat's median over the baseline's median in the same repeat; repeats that did not time
+    both models are left out."""
+    assert speed.parse_args(["repeats=3"])["repeats"] == 3
+    base, m = speed.Model("yolov10n", "yolov10n.yaml", "stock"), speed.Model("a", "a.yaml", "extra")
+    base.medians = {"openvino": {320: {0: 10.0, 1: 12.0, 2: 8.0}}}
+    m.medians = {"openvino": {320: {0: 9.0, 1: 12.6, 3: 1.0}}}  # repeat 3: no baseline; repeat 2: none of its own
+    lo, hi = speed.ratio_range(m, base, "openvino", 320)
+    assert (round(lo, 6), round(hi, 6)) == (0.9, 1.05)
+    assert speed.ratio_range(m, base, "pytorch", 320) is None and speed.ratio_range(m, None, "openvino", 320) is None
+    rows = speed.rows([base, m], {"sizes": [320], "runtimes": ["openvino"]}, "yolov10n")
+    row = next(r for r in rows if r["model"] == "a")
+    assert (row["repeats"], row["ratio_min"], row["ratio_max"]) == (3, 0.9, 1.05)
