@@ -129,12 +129,26 @@ def pick(layer: Layer) -> None:
     layer.c2 = c1[k]
 
 
+def detr_head(layer: Layer) -> None:
+    """A DETR head (like ``RTDETRDecoder``): ``from`` lists the levels; their channels go in as the second argument."""
+    if not isinstance(layer.f, list):
+        raise layer.fail(f"takes a list of feature levels as 'from' (e.g. [15, 18, 21]), got {layer.f!r}")
+    c1 = layer.c1
+    if any(isinstance(c, list) for c in c1):
+        raise layer.fail(f"inputs {layer.f} include a multi-output layer (select its maps with Pick)")
+    if not layer.args:
+        raise layer.fail("args must start with the class count (nc)")
+    layer.args = [layer.args[0], list(c1), *layer.args[1:]]
+    layer.c2 = layer.args[2] if len(layer.args) > 2 and isinstance(layer.args[2], int) else c1[-1]
+
+
 RULES: dict[str, Rule] = {
     "conv": conv(),
     "conv_repeat": conv(repeat_arg=True),
     "same": same,
     "multi_output": multi_output,
     "pick": pick,
+    "detr_head": detr_head,
 }
 
 

@@ -207,16 +207,25 @@ def role_state_dict(sd: StateDict, official: Official, source: str = "checkpoint
 def build(official: Official, sd: StateDict, source: str = "checkpoint") -> tuple[nn.Module, int]:
     """The zoo model of ``official`` with every tensor of ``sd`` (release layout) loaded, eval mode, float32; and the
     number of file tensors loaded (all but the computed buffers)."""
-    from ultralytics.nn.tasks import RTDETRDetectionModel, yaml_model_load
+    from ultralytics.nn.tasks import yaml_model_load
+
+    d = yaml_model_load(official.yaml)
+    if official.points != 4:  # RTDETRDecoder args: [nc, hidden, queries, points, ...]
+        d["head"][-1][3][3] = official.points
+    roles = role_state_dict(sd, official, source)
+    return load_by_role(d, official.nc, roles, official.yaml, source), len(roles)
+
+
+def load_by_role(d: dict, nc: int, roles: StateDict, what: str, source: str = "checkpoint") -> nn.Module:
+    """The RT-DETR model of the YAML dict ``d`` with ``nc`` classes and every tensor of ``roles`` (role keys) loaded,
+    eval mode, float32; a model tensor nothing fills, a file tensor without a place or a shape that differs is an
+    error naming the keys, and nothing is loaded."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
 
     from .warm_start import role_keys
 
-    d = yaml_model_load(official.yaml)
-    d["nc"] = official.nc
-    if official.points != 4:  # RTDETRDecoder args: [nc, hidden, queries, points, ...]
-        d["head"][-1][3][3] = official.points
-    model = RTDETRDetectionModel(d, nc=official.nc, verbose=False)
-    roles = role_state_dict(sd, official, source)
+    d["nc"] = nc
+    model = RTDETRDetectionModel(d, nc=nc, verbose=False)
     keys = role_keys(model)
     target = model.state_dict()
     missing = [k for k, r in keys.items() if r not in roles and not k.endswith(OPTIONAL_SUFFIXES)]
@@ -233,10 +242,10 @@ def build(official: Official, sd: StateDict, source: str = "checkpoint") -> tupl
             parts.append(f"{len(missing)} model tensors not in the file: {', '.join(missing[:6])}")
         if extra:
             parts.append(f"{len(extra)} file tensors without a place: {', '.join(extra[:6])}")
-        raise WeightsError(f"{source}: does not fit {official.yaml}: {'; '.join(parts)}. Nothing was loaded.")
+        raise WeightsError(f"{source}: does not fit {what}: {'; '.join(parts)}. Nothing was loaded.")
     full = {k: (roles[r].to(target[k].dtype) if r in roles else target[k]) for k, r in keys.items()}
     model.load_state_dict(full, strict=True)
-    return model.float().eval(), len(roles)
+    return model.float().eval()
 
 
 def coco_names() -> dict[int, str]:

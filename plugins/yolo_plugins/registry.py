@@ -50,7 +50,8 @@ def register(
 
     Args:
         name: YAML name; defaults to the class name.
-        rule: channel rule: "conv", "conv_repeat", "same", "multi_output", "pick" or a callable ``rule(layer)``.
+        rule: channel rule: "conv", "conv_repeat", "same", "multi_output", "pick", "detr_head" or a callable
+            ``rule(layer)``.
         fuse: call ``module.fuse()`` on every instance when the engine fuses the model.
         force: replace an earlier registration of the same name.
     """
