@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official_rtdetr"
+FIXTURES_DFINE = Path(__file__).parent / "fixtures" / "official_dfine"  # D-FINE / DEIM-D-FINE, same scheme
+SETTINGS = {"up": 0.5, "reg_scale": 4.0}  # D-FINE constants the fixture keeps at their configured values
 IMAGE_SEED = 0
 IMGSZ = 640
 
@@ -58,10 +60,10 @@ def names() -> list[str]:
     return sorted(p.stem for p in FIXTURES.glob("*.json"))
 
 
-def load(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+def load(name: str, folder: Path = FIXTURES) -> tuple[dict, dict[str, np.ndarray]]:
     """``(meta, outputs)`` of one stored model; ``meta['keys']`` is ``[[key, shape], ...]`` in release order."""
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as z:
+    meta = json.loads((folder / f"{name}.json").read_text())
+    with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
         outputs = {k: z[k] for k in z.files}
     return meta, outputs
 
@@ -70,6 +72,7 @@ def release_state_dict(meta: dict, dtype: torch.dtype = torch.float32) -> dict[s
     """The release-layout state dict the fixture describes, every tensor from ``seeded_value``."""
     sd = {}
     for key, shape in meta["keys"]:
-        v = seeded_value(key, shape)
+        last = key.rsplit(".", 1)[-1]
+        v = torch.full(shape, SETTINGS[last], dtype=torch.float64) if last in SETTINGS else seeded_value(key, shape)
         sd[key] = v if v.dtype == torch.int64 else v.to(dtype)
     return sd

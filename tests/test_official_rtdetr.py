@@ -174,7 +174,7 @@ def test_import_weights_refuses_what_it_cannot_convert(r18, tmp_path):
             {k: v for k, v in sd.items() if ".layers.2." not in k and "_head.2." not in k},
             "2 decoder layers",
         ),
-        "yolo.pth": ({"model.0.conv.weight": torch.zeros(1)}, "not an official RT-DETR checkpoint"),
+        "yolo.pth": ({"model.0.conv.weight": torch.zeros(1)}, "not an official release file"),
         "rtdetrv2_r18vd_dsp_3x_coco.pth": (sd, "discrete sampling"),
     }
     for name, (state, message) in cases.items():

@@ -4,8 +4,8 @@ yolo-plugins main-job [key=value ...]  train the default model on the embedded s
 yolo-plugins list                      blocks the plugin registered (name, class, source, rule, fuse)
 yolo-plugins profile model=... ...     the profile tool (same as ``python -m yolo_plugins.profile``)
 yolo-plugins convert fork.yaml [-o native.yaml]   a fork-style YAML written as a native one (also model=... out=...)
-yolo-plugins import-weights file.pth [-o out.pt]  an official RT-DETR checkpoint as an Ultralytics one (also
-                                                  weights=... out=...)
+yolo-plugins import-weights file.pth [-o out.pt] [family=DEIM]  an official RT-DETR, D-FINE or DEIM-D-FINE
+                                                  checkpoint as an Ultralytics one (also weights=... out=...)
 yolo-plugins slim best.pt queries=N [eval_idx=K] [-o out.pt]  a trained RT-DETR with fewer inference queries/layers
 """
 
@@ -21,8 +21,9 @@ commands:
   list      the blocks the plugin registered
   profile   per-module params/GFLOPs table and the RT-DETR variant sweep (yolo-plugins profile help)
   convert   fork.yaml [-o native.yaml]: write a fork-style model YAML as a native one (or model=... out=...)
-  import-weights  file.pth [-o out.pt]: an official RT-DETR / RT-DETRv2 checkpoint (lyuwenyu/RT-DETR) as an
-            Ultralytics checkpoint of the matching zoo model (or weights=... out=...)
+  import-weights  file.pth [-o out.pt] [family=D-FINE|DEIM]: an official RT-DETR / RT-DETRv2, D-FINE or
+            DEIM-D-FINE checkpoint as an Ultralytics checkpoint of the matching zoo model (or weights=... out=...);
+            family= says which of D-FINE / DEIM a file is when its name does not
   slim      best.pt queries=N [eval_idx=K] [-o out.pt]: a trained RT-DETR that keeps N queries (and reads decoder
             layer K) at inference, for faster CPU inference without retraining (docs/deploy-cpu.md)"""
 
@@ -62,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def file_and_output(args: list[str], key: str) -> tuple[str, str | None] | None:
-    """``file [-o out]`` or ``key=file out=out`` -> ``(file, out or None)``; ``None`` when the arguments do not fit."""
+def file_and_output(
+    args: list[str], key: str, extra: tuple[str, ...] = ()
+) -> tuple[str, str | None] | tuple[str, str | None, dict[str, str]] | None:
+    """``file [-o out]`` or ``key=file out=out`` -> ``(file, out or None)``; ``None`` when the arguments do not fit.
+
+    With ``extra`` key names, those ``key=value`` options are accepted too and returned as a third item.
+    """
     opts = dict(a.split("=", 1) for a in args if "=" in a)
+    more = {k: opts.pop(k) for k in extra if k in opts}
     plain = [a for a in args if "=" not in a]
     if "-o" in plain:
         k = plain.index("-o")
@@ -75,7 +82,7 @@ def file_and_output(args: list[str], key: str) -> tuple[str, str | None] | None:
     name = opts.get(key) or (plain[0] if plain else None)
     if name is None or len(plain) > (0 if key in opts else 1) or set(opts) - {key, "out"}:
         return None
-    return name, opts.get("out")
+    return (name, opts.get("out"), more) if extra else (name, opts.get("out"))
 
 
 def _convert(args: list[str]) -> int:
@@ -100,17 +107,19 @@ def _convert(args: list[str]) -> int:
 
 def _import_weights(args: list[str]) -> int:
     """``import-weights file.pth [-o out.pt]`` or ``import-weights weights=file.pth out=out.pt``."""
-    parsed = file_and_output(args, key="weights")
+    parsed = file_and_output(args, key="weights", extra=("family",))
     if parsed is None:
         print(
-            "usage: yolo-plugins import-weights <official .pth> [-o out.pt]   (or weights=... out=...)", file=sys.stderr
+            "usage: yolo-plugins import-weights <official .pth> [-o out.pt] [family=D-FINE|DEIM]   "
+            "(or weights=... out=...)",
+            file=sys.stderr,
         )
         return 2
     from .import_weights import import_weights
 
-    path, out = parsed
+    path, out, more = parsed
     try:
-        target, official, loaded, total = import_weights(path, out)
+        target, official, loaded, total = import_weights(path, out, more.get("family"))
     except (OSError, ValueError) as e:
         print(f"yolo-plugins import-weights: {e}", file=sys.stderr)
         return 1

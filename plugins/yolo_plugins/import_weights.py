@@ -1,6 +1,7 @@
-"""``yolo-plugins import-weights <official .pth> [-o out.pt]``: an official RT-DETR checkpoint as an Ultralytics one.
+"""``yolo-plugins import-weights <official .pth> [-o out.pt]``: an official release file as an Ultralytics checkpoint.
 
-The file's variant is read from its tensors (``official_rtdetr.recognise``), the zoo model built and every tensor
+RT-DETR / RT-DETRv2, D-FINE and DEIM-D-FINE files are read (``official``). The file's variant is read from its tensors
+(``official_rtdetr.recognise``, ``official_dfine.recognise``), the zoo model built and every tensor
 loaded (or nothing, with the keys named); the result is saved the way Ultralytics saves a model, float32 (so the
 outputs stay the official ones), with the 80 COCO class names, so ``RTDETR("out.pt")``, ``yolo predict
 model=out.pt`` and ``yolo val model=out.pt data=coco.yaml`` use it as they use ``rtdetr-l.pt``.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .official_rtdetr import Official, load_official
+from .official import FORMATS, load_official
 from .weights import WeightsError, resolve_weights
 
 
@@ -22,8 +23,13 @@ def default_output(path: str | Path) -> Path:
     return Path(Path(path).name).with_suffix(".pt")
 
 
-def import_weights(path: str | Path, out: str | Path | None = None) -> tuple[Path, Official, int, int]:
-    """Convert an official RT-DETR file; returns ``(written file, variant, tensors loaded, tensors in the file)``."""
+def import_weights(
+    path: str | Path, out: str | Path | None = None, family: str | None = None
+) -> tuple[Path, object, int, int]:
+    """Convert an official file; returns ``(written file, variant, tensors loaded, tensors in the file)``.
+
+    ``family`` ("D-FINE" or "DEIM") overrides which of the two a D-FINE-layout file is.
+    """
     from ultralytics import __version__
 
     source = resolve_weights(path)
@@ -32,12 +38,11 @@ def import_weights(path: str | Path, out: str | Path | None = None) -> tuple[Pat
         raise ValueError(f"the output must be a .pt file (Ultralytics loads checkpoints by that suffix), got {target}")
     if target.resolve() == source:
         raise ValueError(f"{target} is the input file; name another output with -o")
-    found = load_official(source)
+    found = load_official(source, family)
     if found is None:
         raise WeightsError(
-            f"{source}: not an official RT-DETR checkpoint (lyuwenyu/RT-DETR, RT-DETR or RT-DETRv2: keys "
-            "'backbone.res_layers.*', 'encoder.*', 'decoder.*'). Other RT-DETR checkpoints warm-start a model with "
-            "pretrained=<file> instead."
+            f"{source}: not an official release file of a supported layout ({FORMATS}). Other RT-DETR checkpoints "
+            "warm-start a model with pretrained=<file> instead."
         )
     model, official, loaded, total = found
     model.args = {"task": "detect", "imgsz": 640, "data": "coco.yaml" if official.nc == 80 else None}

@@ -4,8 +4,8 @@ Two host functions are wrapped while the plugin is active:
 
 * ``load_checkpoint(path)`` (behind ``YOLO/RTDETR(...).load``, ``pretrained=`` and the trainer): a file the host
   cannot read as an Ultralytics checkpoint (a ``.pth``, or a ``TypeError`` for a ``.pt`` holding a plain state dict)
-  is tried as an official RT-DETR release file: it becomes the matching zoo model with every tensor loaded
-  (``official_rtdetr``), returned like a checkpoint. Any other file gets the host's own error, as before.
+  is tried as an official RT-DETR, D-FINE or DEIM-D-FINE release file: it becomes the matching zoo model with every
+  tensor loaded (``official``), returned like a checkpoint. Any other file gets the host's own error, as before.
 * ``BaseModel.load(weights)``: when the source and the target are both RT-DETR models and either is built from plugin
   blocks (every zoo model, every converted official file), tensors move by role (``warm_start.transfer``) and a
   per-role report is logged; anything else (stock to stock, YOLO models) is the host's index-and-shape transfer.
@@ -31,11 +31,11 @@ def has_plugin_blocks(model: nn.Module) -> bool:
 
 
 def official_checkpoint(path: str | Path) -> tuple[nn.Module, dict] | None:
-    """The zoo model and a checkpoint dict for an official RT-DETR file; ``None`` for any other file."""
+    """The zoo model and a checkpoint dict for an official release file; ``None`` for any other file."""
     from ultralytics import __version__
     from ultralytics.utils import LOGGER
 
-    from .official_rtdetr import load_official
+    from .official import load_official
     from .weights import WeightsError
 
     try:
