@@ -1,9 +1,10 @@
-"""``FDRDecoder``: the D-FINE / DEIM decoder head as an Ultralytics RT-DETR head.
+"""``FDRDecoder``: the D-FINE / DEIM / DEIMv2 decoder head as an Ultralytics RT-DETR head.
 
 YAML ``[[P4, P5], 1, FDRDecoder, [nc, hidden, queries, points, heads, layers, ffn, dropout, act, eval_idx, denoising,
-label_noise, box_noise, learnt_query, mlp_act, reg_max, reg_scale]]`` (trailing arguments optional; ``points`` an int or
-one count per level). Input channels are inferred; a level whose channels differ from ``hidden`` gets a 1x1 conv + BN
-projection (the official models feed ``hidden`` channels and have none).
+label_noise, box_noise, learnt_query, mlp_act, reg_max, reg_scale, style, gateway, share_bbox_head]]`` (trailing
+arguments optional; ``points`` an int or one count per level; ``style`` "dfine" or "deimv2"). Input channels are
+inferred; a level whose channels differ from ``hidden`` gets a 1x1 conv + BN projection (the official models feed
+``hidden`` channels and have none).
 
 What it computes at inference, per image (D-FINE, "Redefine Regression Task of DETRs as Fine-grained Distribution
 Refinement"; DEIM uses the same head with SiLU in the FFN and MLPs):
@@ -15,6 +16,10 @@ Refinement"; DEIM uses the same head with SiLU in the FFN and MLPs):
 * boxes as distributions (``distribution``): layer 0's ``pre_bbox_head`` sets the reference box; every layer adds its
   bin logits to the previous layer's and the integral gives the edges; scores = class head + LQE (an MLP on the top-4
   bin probabilities of each edge).
+
+``style: deimv2`` (DEIMv2) changes the layers, not the flow: RMSNorm for LayerNorm, a SwiGLU FFN, the gate optional
+(``gateway``; without it cross-attention is added and normalised), a three-layer query position MLP run once on the
+selected boxes, no ``enc_output`` before query selection; ``share_bbox_head`` makes every layer use one box head.
 
 It subclasses ``RTDETRDecoder`` so that Ultralytics' model, predictor, validator, exporter, ``get_flops`` and
 ``yolo benchmark`` treat it as an RT-DETR head, and reuses its anchors, encoder input and query selection. Its output
@@ -37,6 +42,7 @@ from ...registry import register
 from .distribution import distance2bbox, integral, weighting_function
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+STYLES = ("dfine", "deimv2")
 
 
 def activation(name: str | nn.Module | None) -> nn.Module:
@@ -118,15 +124,49 @@ class DeformableSampling(nn.Module):
         return out.view(b, -1, n).permute(0, 2, 1)
 
 
-class Gate(nn.Module):
-    """Gated fusion of the self-attention stream and the cross-attention output, then LayerNorm."""
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation with a learned ``scale``, computed in (at most) float32 like DEIMv2's."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x / rms(x) * scale``."""
+        y = x.float()
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.scale
+
+
+class SwiGLUFFN(nn.Module):
+    """``w3(silu(a) * b)`` with ``a, b`` the halves of ``w12(x)``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+        for layer in (self.w12, self.w3):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The gated FFN."""
+        a, b = self.w12(x).chunk(2, -1)
+        return self.w3(F.silu(a) * b)
+
+
+NORMS = {"layer": nn.LayerNorm, "rms": RMSNorm}
+
+
+class Gate(nn.Module):
+    """Gated fusion of the self-attention stream and the cross-attention output, then LayerNorm (or RMSNorm)."""
+
+    def __init__(self, dim: int, norm: str = "layer") -> None:
         super().__init__()
         self.gate = nn.Linear(2 * dim, 2 * dim)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)  # sigmoid(0) = 0.5: an even mix at the start
-        self.norm = nn.LayerNorm(dim)
+        self.norm = NORMS[norm](dim)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``norm(g1 * x1 + g2 * x2)`` with per-channel gates from both inputs."""
@@ -135,26 +175,43 @@ class Gate(nn.Module):
 
 
 class FDRLayer(nn.Module):
-    """One decoder layer: self-attention, deformable cross-attention fused by a gate, FFN (post-norm)."""
+    """One decoder layer: self-attention, deformable cross-attention fused by a gate (or added and normalised), FFN;
+    post-norm. ``style`` "dfine": LayerNorm, gate, two-layer FFN with ``act``; "deimv2": RMSNorm, gate optional,
+    SwiGLU FFN of hidden width ``ffn // 2``."""
 
     def __init__(
-        self, dim: int, heads: int, ffn: int, dropout: float, act: str | nn.Module | None, points: Sequence[int]
+        self,
+        dim: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        act: str | nn.Module | None,
+        points: Sequence[int],
+        style: str = "dfine",
+        gateway: bool = True,
     ) -> None:
         super().__init__()
+        norm = NORMS["rms" if style == "deimv2" else "layer"]
         self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = norm(dim)
         self.cross_attn = DeformableSampling(dim, heads, points)
         self.dropout2 = nn.Dropout(dropout)
-        self.gateway = Gate(dim)
-        self.linear1 = nn.Linear(dim, ffn)
-        self.activation = activation(act)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(ffn, dim)
+        if gateway:
+            self.gateway = Gate(dim, "rms" if style == "deimv2" else "layer")
+        else:
+            self.norm2 = norm(dim)
+        if style == "deimv2":
+            self.swish_ffn = SwiGLUFFN(dim, ffn // 2)
+        else:
+            self.linear1 = nn.Linear(dim, ffn)
+            self.activation = activation(act)
+            self.dropout3 = nn.Dropout(dropout)
+            self.linear2 = nn.Linear(ffn, dim)
+            nn.init.xavier_uniform_(self.linear1.weight)
+            nn.init.xavier_uniform_(self.linear2.weight)
         self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(dim)
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
+        self.norm3 = norm(dim)
 
     def forward(
         self,
@@ -168,8 +225,12 @@ class FDRLayer(nn.Module):
         """Update the queries ``x`` (B, N, C) given reference ``boxes`` and position embeddings ``pos``."""
         q = x + pos
         x = self.norm1(x + self.dropout1(self.self_attn(q, q, value=x, attn_mask=attn_mask)[0]))
-        x = self.gateway(x, self.dropout2(self.cross_attn(x + pos, boxes, values, shapes)))
-        x = x + self.dropout4(self.linear2(self.dropout3(self.activation(self.linear1(x)))))
+        cross = self.dropout2(self.cross_attn(x + pos, boxes, values, shapes))
+        x = self.gateway(x, cross) if hasattr(self, "gateway") else self.norm2(x + cross)
+        if hasattr(self, "swish_ffn"):
+            x = x + self.dropout4(self.swish_ffn(x))
+        else:
+            x = x + self.dropout4(self.linear2(self.dropout3(self.activation(self.linear1(x)))))
         return self.norm3(x.clamp(min=-65504, max=65504))
 
 
@@ -226,8 +287,13 @@ class FDRDecoder(RTDETRDecoder):
         mlp_act: str | nn.Module | None = "relu",
         reg_max: int = 32,
         reg_scale: float = 4.0,
+        style: str = "dfine",
+        gateway: bool = True,
+        share_bbox_head: bool = False,
     ) -> None:
         nn.Module.__init__(self)  # RTDETRDecoder's own layers are not built: this head has its own
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         ch = [int(c) for c in ch]
         points = [int(ndp)] * len(ch) if isinstance(ndp, int) else [int(p) for p in ndp]
         if len(points) != len(ch):
@@ -237,7 +303,7 @@ class FDRDecoder(RTDETRDecoder):
         self.hidden_dim, self.nhead, self.nl, self.nc = hd, nh, len(ch), nc
         self.num_queries, self.num_decoder_layers = nq, ndl
         self.eval_idx = eval_idx % ndl
-        self.reg_max = reg_max
+        self.reg_max, self.style = reg_max, style
         self.input_proj = nn.ModuleList(
             nn.Identity()
             if c == hd
@@ -246,19 +312,24 @@ class FDRDecoder(RTDETRDecoder):
         )
         self.register_buffer("up", torch.tensor([0.5]))
         self.register_buffer("reg_scale", torch.tensor([float(reg_scale)]))
-        self.decoder = FDRStack((hd, nh, d_ffn, dropout, act, points), ndl, reg_max, act)
+        self.decoder = FDRStack((hd, nh, d_ffn, dropout, act, points, style, gateway), ndl, reg_max, act)
         self.denoising_class_embed = nn.Embedding(nc + 1, hd, padding_idx=nc)  # the official padding row
         self.num_denoising, self.label_noise_ratio, self.box_noise_scale = nd, label_noise_ratio, box_noise_scale
         self.learnt_init_query = learnt_init_query
         if learnt_init_query:
             self.tgt_embed = nn.Embedding(nq, hd)
-        self.query_pos_head = MLP(4, 2 * hd, hd, 2, mlp_act)
-        self.enc_output = nn.Sequential(OrderedDict(proj=nn.Linear(hd, hd), norm=nn.LayerNorm(hd)))
+        if style == "deimv2":  # a deeper query position MLP, run once; the encoder tokens are scored as they are
+            self.query_pos_head = MLP(4, hd, hd, 3, mlp_act)
+            self.enc_output = nn.Identity()
+        else:
+            self.query_pos_head = MLP(4, 2 * hd, hd, 2, mlp_act)
+            self.enc_output = nn.Sequential(OrderedDict(proj=nn.Linear(hd, hd), norm=nn.LayerNorm(hd)))
         self.enc_score_head = nn.Linear(hd, nc)
         self.enc_bbox_head = MLP(hd, hd, 4, 3, mlp_act)
         self.dec_score_head = nn.ModuleList(nn.Linear(hd, nc) for _ in range(ndl))
         self.pre_bbox_head = MLP(hd, hd, 4, 3, mlp_act)
-        self.dec_bbox_head = nn.ModuleList(MLP(hd, hd, 4 * (reg_max + 1), 3, mlp_act) for _ in range(ndl))
+        box_head = MLP(hd, hd, 4 * (reg_max + 1), 3, mlp_act) if share_bbox_head else None
+        self.dec_bbox_head = nn.ModuleList(box_head or MLP(hd, hd, 4 * (reg_max + 1), 3, mlp_act) for _ in range(ndl))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -271,9 +342,10 @@ class FDRDecoder(RTDETRDecoder):
             nn.init.zeros_(head.layers[-1].bias)
         for head in self.dec_score_head:
             nn.init.constant_(head.bias, bias)
-        nn.init.xavier_uniform_(self.enc_output.proj.weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        if isinstance(self.enc_output, nn.Sequential):
+            nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        for layer in self.query_pos_head.layers:
+            nn.init.xavier_uniform_(layer.weight)
         nn.init.normal_(self.denoising_class_embed.weight[:-1].data)
         if self.learnt_init_query:
             nn.init.xavier_uniform_(self.tgt_embed.weight)
@@ -332,8 +404,10 @@ class FDRDecoder(RTDETRDecoder):
         ref = refer_bbox.sigmoid()
         out_boxes, out_scores = [], []
         x, prev_x, prev_corners, initial = target, 0, 0, None
+        pos = self.query_pos_head(ref).clamp(min=-10, max=10)
         for i, layer in enumerate(self.decoder.layers):
-            pos = self.query_pos_head(ref).clamp(min=-10, max=10)
+            if i and self.style != "deimv2":  # D-FINE embeds each layer's reference box; DEIMv2 the first one only
+                pos = self.query_pos_head(ref).clamp(min=-10, max=10)
             x = layer(x, ref, values, shapes, attn_mask, pos)
             if i == 0:  # the reference box every layer's distances are measured from
                 initial = torch.sigmoid(self.pre_bbox_head(x) + _inverse_sigmoid(ref)).detach()
