@@ -12,7 +12,16 @@ import pytest
 import torch
 from helpers import randomise_bn
 
-ZOO = ["dfine-n.yaml", "dfine-s.yaml", "deim-dfine-n.yaml", "deim-dfine-s.yaml"]
+ZOO = [
+    "dfine-n.yaml",
+    "dfine-s.yaml",
+    "deim-dfine-n.yaml",
+    "deim-dfine-s.yaml",
+    "deimv2-atto.yaml",
+    "deimv2-femto.yaml",
+    "deimv2-pico.yaml",
+    "deimv2-n.yaml",
+]
 EFFVIT_HEAD = """
 nc: 3
 backbone:
@@ -50,15 +59,18 @@ def _model(yaml_text: str, tmp_path: Path, nc: int | None = None):
 
 @pytest.mark.parametrize("cfg", ZOO)
 def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
-    """Every D-FINE zoo YAML builds and gives (B, 300, 6) detections at 320 px (any multiple of 32)."""
+    """Every D-FINE-family zoo YAML builds and gives (B, queries, 6) detections at 320 and 640 px (any multiple of
+    32: DEIMv2-Atto and -Femto were published at 320 and 416 px, Pico at 640)."""
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
-    assert isinstance(model.model[-1], RTDETRDecoder) and type(model.model[-1]).__name__ == "FDRDecoder"
+    head = model.model[-1]
+    assert isinstance(head, RTDETRDecoder) and type(head).__name__ == "FDRDecoder"
     with torch.no_grad():
-        y, _ = model(torch.rand(2, 3, 320, 320))
-    assert y.shape == (2, 300, 6)
+        for imgsz in (320, 640):
+            y, _ = model(torch.rand(1, 3, imgsz, imgsz))
+            assert y.shape == (1, head.num_queries, 6)
     assert {(m.eps, m.momentum) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {(1e-5, 0.1)}
 
 

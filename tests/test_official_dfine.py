@@ -1,8 +1,9 @@
-"""Official D-FINE and DEIM-D-FINE checkpoints as zoo models: recognition, conversion, output parity, refusals.
+"""Official D-FINE, DEIM-D-FINE and DEIMv2 checkpoints as zoo models: recognition, conversion, output parity, refusals.
 
-The fixture (``fixtures/official_dfine``, made by its ``make_fixture.py`` from the official D-FINE and DEIM code) holds
-the release key lists of D-FINE-N/S and DEIM-D-FINE-N/S with the official model's outputs for seeded tensors; these
-tests rebuild the release state dicts and compare the converted models with those outputs.
+The fixture (``fixtures/official_dfine``, made by its ``make_fixture.py`` from the official D-FINE, DEIM and DEIMv2
+code) holds the release key lists of D-FINE-N/S, DEIM-D-FINE-N/S and DEIMv2-Atto/Femto/Pico/N with the official model's
+outputs for seeded tensors; these tests rebuild the release state dicts and compare the converted models with those
+outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ MODELS = {  # fixture: (family, size, zoo YAML)
     "dfine_s": ("D-FINE", "s", "dfine-s.yaml"),
     "deim_dfine_n": ("DEIM", "n", "deim-dfine-n.yaml"),
     "deim_dfine_s": ("DEIM", "s", "deim-dfine-s.yaml"),
+    "deimv2_atto": ("DEIMv2", "atto", "deimv2-atto.yaml"),
+    "deimv2_femto": ("DEIMv2", "femto", "deimv2-femto.yaml"),
+    "deimv2_pico": ("DEIMv2", "pico", "deimv2-pico.yaml"),
+    "deimv2_n": ("DEIMv2", "n", "deimv2-n.yaml"),
 }
 DROPPED = ("anchors", "valid_mask", "num_points_scale", "decoder.decoder.up", "decoder.decoder.reg_scale")
 
@@ -44,21 +49,24 @@ def _raw(model: torch.nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torc
 
 
 def assert_same_queries(boxes: torch.Tensor, logits: torch.Tensor, out: dict) -> None:
-    """float32 outputs against the official float64 ones: the same queries (matched by box), but at most four at the
-    top-k boundary, where the random weights leave the encoder's 300th and 301st scores closer than float32
-    resolves; the matched queries' logits within 1e-3."""
+    """float32 outputs against the official float64 ones: the same queries (matched by box) but up to a tenth near the
+    top-k boundary, where the random weights leave many encoder scores closer than float32 resolves (seen: 0-6 of
+    100-300; a wrong graph matches none); the matched queries' logits within 1e-3."""
     ref_boxes, ref_logits = torch.from_numpy(out["boxes"]), torch.from_numpy(out["logits"])
     match = torch.cdist(ref_boxes, boxes).min(1)
     same = match.values < 1e-4
-    assert same.sum() >= 296, f"float32 selected {300 - int(same.sum())} other queries than the float64 model"
+    n = len(ref_boxes)
+    assert same.sum() >= 0.9 * n, f"float32 selected {n - int(same.sum())} of {n} other queries than float64"
     assert (logits[match.indices[same]] - ref_logits[same]).abs().max() < 1e-3
 
 
 def test_fixture_is_the_official_code_output():
     """The committed fixture is what make_fixture.py writes (checked only where the official code is present)."""
     repos = os.environ.get("YOLO_PLUGINS_OFFICIAL_DFINE", "").split(os.pathsep)
-    if len(repos) != 2:
-        pytest.skip("set YOLO_PLUGINS_OFFICIAL_DFINE to '<D-FINE checkout>:<DEIM checkout>' to regenerate the fixture")
+    if len(repos) != 3:
+        pytest.skip(
+            "set YOLO_PLUGINS_OFFICIAL_DFINE to '<D-FINE dir>:<DEIM dir>:<DEIMv2 dir>' to regenerate the fixture"
+        )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,9 +79,10 @@ def test_fixture_is_the_official_code_output():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_converted_model_computes_the_official_outputs(name):
-    """float64: boxes and logits of all 300 queries within 1e-6 of the official model, in the same order, and the
-    head's top-300 equal to the official post-processor's (labels, scores within 1e-6, boxes within 1e-3 px);
-    float32: see ``assert_same_queries``."""
+    """float64: boxes and logits of every query within 1e-6 of the official model, in the same order, and the head's
+    top-k equal to the official post-processor's first k (labels, scores within 1e-6, boxes within 1e-3 px; k is the
+    query count: Ultralytics keeps that many (query, class) pairs, the official post-processor 300); float32: see
+    ``assert_same_queries``."""
     from ultralytics.utils.ops import xywh2xyxy
 
     meta, out = fx.load(name, fx.FIXTURES_DFINE)
@@ -88,9 +97,11 @@ def test_converted_model_computes_the_official_outputs(name):
     y, boxes, logits = _raw(model, torch.float64)
     assert (boxes - ref_boxes).abs().max() < 1e-6
     assert (logits - ref_logits).abs().max() < 1e-6
-    assert torch.equal(y[:, 5].long(), torch.from_numpy(out["post_labels"]))
-    assert (y[:, 4] - torch.from_numpy(out["post_scores"])).abs().max() < 1e-6
-    assert (xywh2xyxy(y[:, :4]) * fx.IMGSZ - torch.from_numpy(out["post_boxes"])).abs().max() < 1e-3
+    k = len(ref_boxes)
+    assert y.shape == (k, 6)
+    assert torch.equal(y[:, 5].long(), torch.from_numpy(out["post_labels"][:k]))
+    assert (y[:, 4] - torch.from_numpy(out["post_scores"][:k])).abs().max() < 1e-6
+    assert (xywh2xyxy(y[:, :4]) * fx.IMGSZ - torch.from_numpy(out["post_boxes"][:k])).abs().max() < 1e-3
 
     _, boxes32, logits32 = _raw(model, torch.float32)
     assert_same_queries(boxes32, logits32, out)
@@ -176,7 +187,7 @@ def test_import_weights_refuses_what_it_cannot_convert(dfine_n, tmp_path):
         "layers.pth": ({k: v for k, v in sd.items() if ".layers.2." not in k}, "2 decoder layers"),
         "deimv2_pico.pth": (
             {**sd, "decoder.decoder.layers.0.swish_ffn.w12.weight": torch.zeros(2)},
-            "DEIMv2 decoder",
+            "does not fit deimv2-n.yaml",
         ),
         "deimv2_s.pth": ({**sd, "backbone.dinov3.cls_token": torch.zeros(2)}, "DINOv3 backbone"),
     }
@@ -201,3 +212,29 @@ def test_other_class_count_converts_with_its_own_heads(dfine_n, tmp_path):
     assert model.model[-1].nc == 3
     y, _, _ = _raw(model, torch.float32)
     assert y[:, 5].max() < 3
+
+
+def test_deimv2_hugging_face_safetensors_with_shared_tensors_stored_once(tmp_path):
+    """DEIMv2's Hugging Face ``model.safetensors`` stores a tensor shared by several names once (Pico's one box head
+    for the three layers, ``decoder.up``/``decoder.decoder.up``): it converts with the official outputs."""
+    from safetensors.torch import save_file
+
+    meta, out = fx.load("deimv2_pico", fx.FIXTURES_DFINE)
+    sd = fx.release_state_dict(meta)
+    # the fixture filled the three names of the shared head with three seeded tensors; the official model kept the
+    # last (.2), as loading into one shared module does: a real file holds that one tensor under every name
+    sd.update({k.replace(".2.", ".0.", 1): v for k, v in sd.items() if k.startswith("decoder.dec_bbox_head.2.")})
+    sd.update({k.replace(".2.", ".1.", 1): v for k, v in sd.items() if k.startswith("decoder.dec_bbox_head.2.")})
+    dropped = ("decoder.dec_bbox_head.0.", "decoder.dec_bbox_head.2.", "decoder.up", "decoder.reg_scale")
+    stored = {k: v.contiguous() for k, v in sd.items() if not k.startswith(dropped)}
+    save_file(stored, tmp_path / "model.safetensors")
+    model, official, loaded, total = load_official(tmp_path / "model.safetensors")
+    assert str(official) == "DEIMv2-Pico (80 classes) -> deimv2-pico.yaml"
+    # dropped: anchors, valid_mask, 3 x num_points_scale (computed) and decoder.decoder.up/reg_scale (which fill
+    # decoder.up/reg_scale); every other stored tensor is loaded
+    assert loaded == total == len(stored) - 7
+    head = model.model[-1]
+    assert head.dec_bbox_head[0] is head.dec_bbox_head[2]
+    assert torch.equal(head.dec_bbox_head[0].layers[0].weight, sd["decoder.dec_bbox_head.1.layers.0.weight"])
+    _, boxes, logits = _raw(model, torch.float32)
+    assert_same_queries(boxes, logits, out)

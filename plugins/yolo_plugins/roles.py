@@ -9,9 +9,10 @@ Encoder layers get their role from the data flow:
 * ``downsample convs``: a layer holding a strided convolution or pooling;
 * ``input projections``: a layer that reads only backbone outputs;
 * ``lateral convs``: a layer whose output an ``nn.Upsample`` reads;
-* ``FPN blocks``: the fusion block after a ``Concat`` fed by an ``nn.Upsample`` (top-down path), with that upsample;
-* ``PAN blocks``: the fusion block after a ``Concat`` fed by a downsample conv (bottom-up path);
-* a ``Concat`` takes the role of the layer that reads it; a layer reading one fusion block continues its role.
+* ``FPN blocks``: the fusion block after a merge (``Concat``, ``FeatureSum``: a parameter-free layer reading several
+  layers) fed by an ``nn.Upsample`` (top-down path), with that upsample;
+* ``PAN blocks``: the fusion block after a merge fed by a downsample conv (bottom-up path);
+* a merge takes the role of the layer that reads it; a layer reading one fusion block continues its role.
 
 Decoder children are grouped by what they do: input projections, decoder layers (with the query position MLP run
 by every layer), query selection (the ``enc_*`` heads; when timed, also anchors, top-k and gathers), score/box heads
@@ -116,8 +117,6 @@ def _is_strided(m: nn.Module) -> bool:
 
 def analyse(model: nn.Module) -> Layers:
     """Derive backbone/encoder/decoder sections and encoder roles of a YAML-built Ultralytics model."""
-    from ultralytics.nn.modules.conv import Concat
-
     layers = list(model.model)
     inputs = [absolute_inputs(i, m.f) for i, m in enumerate(layers)]
     yaml = getattr(model, "yaml", None) or {}
@@ -129,7 +128,8 @@ def analyse(model: nn.Module) -> Layers:
 
     roles = info.roles
     upsample = {i for i, m in enumerate(layers) if isinstance(m, nn.Upsample)}
-    concat = {i for i, m in enumerate(layers) if isinstance(m, Concat)}
+    # merges: parameter-free layers reading several layers (Concat, FeatureSum)
+    concat = {i for i, m in enumerate(layers) if len(inputs[i]) > 1 and next(m.parameters(), None) is None}
     down: set[int] = set()
     for i in range(nb, decoder):
         m, f = layers[i], inputs[i]

@@ -1,3 +1,3 @@
-"""The D-FINE family (D-FINE, DEIM): its encoder blocks, its decoder head and the box distributions they share."""
+"""The D-FINE family (D-FINE, DEIM, DEIMv2): its backbones, encoder blocks, decoder head and box distributions."""
 
-from . import decoder, encoder  # noqa: F401  (registers FDRDecoder, DFineSCDown, DFineCSP, DFineELAN)
+from . import decoder, encoder, hgnetv2  # noqa: F401  (registers the blocks and DEIMv2's timm backbones)
