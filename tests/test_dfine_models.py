@@ -66,7 +66,7 @@ def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
 
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
     head = model.model[-1]
-    assert isinstance(head, RTDETRDecoder) and type(head).__name__ == "FDRDecoder"
+    assert isinstance(head, RTDETRDecoder) and type(head).__name__ == "RTDETRFDRDecoder"
     with torch.no_grad():
         for imgsz in (320, 640):
             y, _ = model(torch.rand(1, 3, imgsz, imgsz))
@@ -176,17 +176,19 @@ def converted(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dfine")
     meta, _ = fx.load("dfine_n", fx.FIXTURES_DFINE)
     torch.save({"model": fx.release_state_dict(meta)}, root / "dfine_n_coco.pth")
-    return import_weights(root / "dfine_n_coco.pth", root / "rtdetr-dfine-n.pt")[0]
+    return import_weights(root / "dfine_n_coco.pth", root / "dfine_n_coco.pt")[0]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_export_gives_the_pytorch_detections(converted, fmt, tmp_path):
     """ONNX Runtime and OpenVINO (float32) run the exported converted model with PyTorch's top-300 detections
     (sorted scores within 1e-3; rows matched by class and box within 1e-3, in any order)."""
-    from ultralytics import RTDETR
+    from ultralytics import RTDETR, YOLO
 
-    model = RTDETR(str(converted))
+    model = YOLO(str(converted))  # a name without "rtdetr": routed by the head's class name
+    assert type(model) is RTDETR
     f = Path(model.export(format=fmt, imgsz=320, device="cpu", simplify=True))
+    assert type(YOLO(str(f), task="detect")) is RTDETR  # exported: routed by the head name in the metadata
     x = torch.from_numpy(np.ascontiguousarray(fx.fixture_image()[:320, :320, ::-1])).permute(2, 0, 1)[None] / 255
     with torch.no_grad():
         want = RTDETR(str(converted)).model.eval()(x.float())[0][0].numpy()

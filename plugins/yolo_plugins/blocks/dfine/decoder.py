@@ -22,10 +22,13 @@ Refinement"; DEIM uses the same head with SiLU in the FFN and MLPs):
 selected boxes, no ``enc_output`` before query selection; ``share_bbox_head`` makes every layer use one box head.
 
 It subclasses ``RTDETRDecoder`` so that Ultralytics' model, predictor, validator, exporter, ``get_flops`` and
-``yolo benchmark`` treat it as an RT-DETR head, and reuses its anchors, encoder input and query selection. Its output
-is the host's: ``(y, raw)`` in eval (``y`` = (B, k, 6) ``[cx, cy, w, h, score, class]``), ``y`` alone when exported,
-and in training the five tensors the stock RT-DETR loss takes (every layer's boxes and scores, the encoder's top-k,
-the denoising meta). Parameter names follow the official ``DFINETransformer`` so released checkpoints map by prefix.
+``yolo benchmark`` treat it as an RT-DETR head, and reuses its anchors, encoder input and query selection. The class is
+``RTDETRFDRDecoder`` (YAML name ``FDRDecoder``): Ultralytics sends a ``.pt`` or exported model to its RT-DETR
+predictor and validator when the head's class name contains "RTDETR" (``YOLO("any-name.pt")``, ``yolo benchmark``).
+Its output is the host's: ``(y, raw)`` in eval (``y`` = (B, k, 6) ``[cx, cy, w, h, score, class]``), ``y`` alone
+when exported, and in training the five tensors the stock RT-DETR loss takes (every layer's boxes and scores, the
+encoder's top-k, the denoising meta). Parameter names follow the official ``DFINETransformer`` so released
+checkpoints map by prefix.
 """
 
 from __future__ import annotations
@@ -263,8 +266,8 @@ class FDRStack(nn.Module):
         self.lqe_layers = nn.ModuleList(LQE(reg_max, act=act) for _ in range(layers))
 
 
-@register(rule="detr_head")
-class FDRDecoder(RTDETRDecoder):
+@register("FDRDecoder", rule="detr_head")
+class RTDETRFDRDecoder(RTDETRDecoder):
     """D-FINE / DEIM decoder: RT-DETR query selection, gated decoder layers, box distributions refined per layer."""
 
     def __init__(
