@@ -211,3 +211,37 @@ def test_export_gives_the_pytorch_detections(converted, fmt, tmp_path):
     # with random weights many encoder scores near the 300th are closer than float32 resolves, so a few queries may
     # differ between runtimes (seen: 0-2 in ONNX Runtime, 5 in OpenVINO); a wrong graph moves nearly all of them
     assert sum(matched) >= 285, f"{fmt}: {300 - sum(matched)} of 300 detections differ from PyTorch's"
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
+    """``quantize=8`` (OpenVINO NNCF, ONNX Runtime static quantization) of a converted checkpoint: the graph is
+    quantized and its top-50 float32 boxes are each found in the INT8 output within 0.02 of the image size (seen:
+    at most 0.005), sorted scores within 0.02 (seen: 0.005)."""
+    from helpers import tiny_shapes
+    from ultralytics import YOLO
+
+    data = tiny_shapes(tmp_path / "calibration", imgsz=160)
+    f = Path(YOLO(str(converted)).export(format=fmt, imgsz=160, quantize=8, data=str(data), device="cpu"))
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime as ort
+
+        assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(f)).graph.node) >= 20
+        sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        run = lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0][0]  # noqa: E731
+    else:
+        import openvino as ov
+
+        ir = ov.Core().read_model(str(next(f.glob("*.xml"))))
+        assert sum(op.get_type_name() == "FakeQuantize" for op in ir.get_ordered_ops()) >= 20
+        compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        run = lambda x: compiled(x)[0][0]  # noqa: E731
+    x = torch.from_numpy(np.ascontiguousarray(fx.fixture_image()[:160, :160, ::-1])).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        want = YOLO(str(converted)).model.eval()(x.float())[0][0].numpy()
+    got = run(x.numpy())
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.sort(got[:, 4]), np.sort(want[:, 4]), atol=0.02, rtol=0)
+    errors = [np.abs(got[:, :4] - row[:4]).max(1).min() for row in want[:50]]
+    assert max(errors) < 0.02, f"{fmt} INT8: a float32 box is {max(errors):.3f} from every INT8 box"
