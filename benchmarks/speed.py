@@ -3,12 +3,14 @@
     python benchmarks/speed.py                                   # imgsz=640,320 runs=30 warmup=5 threads=2
     python benchmarks/speed.py imgsz=640,320 runs=30 threads=2 out=benchmarks/results
     python benchmarks/speed.py models=my-model.yaml              # one more model beside the zoo and stock ones
-    python benchmarks/speed.py imgsz=320 runs=1 warmup=0 zoo=False stock=yolov10n.yaml   # a quick smoke run
+    python benchmarks/speed.py imgsz=320 runs=1 warmup=0 zoo=False stock=yolo26n.yaml   # a quick smoke run
     python benchmarks/speed.py imgsz=320 repeats=5 zoo=False models=a.pt,b.pt baseline=b   # a ratio's spread
 
-Models: the ``n`` scale of every ``cfg/models/rtdetr*.yaml`` that has one, any ``models=a.yaml,b.yaml``, and the stock
-``stock=yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml`` (built from YAML: random weights; nothing downloads), or trained
-checkpoints (``models=best.pt``). Ratios are to ``baseline=yolov10n`` within each runtime and size. A model given as
+Models: the ``n`` scale of every ``cfg/models/rtdetr*.yaml`` that has one and the zoo's official small DETRs
+(``dfine-n``, ``deim-dfine-n``, ``deimv2-atto/femto/pico/n``), any ``models=a.yaml,b.yaml``, and the stock
+``stock=yolo26n.yaml,yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml`` (built from YAML: random weights; nothing downloads),
+or trained checkpoints (``models=best.pt``). Ratios are to ``baseline=yolo26n`` (Ultralytics' newest CPU model) within
+each runtime and size. A model given as
 ``models=a.yaml@host`` is also fused without the plugin's deploy forms (``registry.deploy_form``: the host's own
 attention modules), timed beside the same model with them: the forms' gain, measured in one run.
 
@@ -74,8 +76,8 @@ DEFAULTS: dict[str, Any] = {
     "threads": 2,
     "models": "",
     "zoo": True,
-    "stock": "yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml",
-    "baseline": "yolov10n",
+    "stock": "yolo26n.yaml,yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml",
+    "baseline": "yolo26n",
     "runtimes": ",".join(RUNTIMES),
     "out": "benchmarks/results",
     "simplify": True,
@@ -142,14 +144,19 @@ class Model:
     medians: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)  # runtime -> imgsz -> repeat -> ms
 
 
+SMALL_DETRS = ("dfine-n", "deim-dfine-n", "deimv2-atto", "deimv2-femto", "deimv2-pico", "deimv2-n")
+
+
 def zoo_models() -> list[Model]:
-    """The ``n`` scale of every zoo RT-DETR YAML that has one."""
+    """The ``n`` scale of every zoo RT-DETR YAML that has one, and the zoo's official small DETRs of that class
+    (D-FINE-N, DEIM-D-FINE-N, DEIMv2-Atto/Femto/Pico/N)."""
     import yaml
 
     out = []
     for path in sorted(CFG.glob("rtdetr*.yaml")):
         if "n" in (yaml.safe_load(path.read_text()).get("scales") or {}):
             out.append(Model(f"{path.stem}-n", f"{path.stem}-n.yaml", "yolo-plugins"))
+    out += [Model(name, f"{name}.yaml", "yolo-plugins") for name in SMALL_DETRS if (CFG / f"{name}.yaml").is_file()]
     return out
 
 

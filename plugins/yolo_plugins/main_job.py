@@ -65,14 +65,21 @@ def use_threads(model, n: int) -> None:
 
 
 def model_class(cfg: str):
-    """``RTDETR`` for a model whose head is ``RTDETRDecoder`` (YAML or checkpoint), else ``YOLO``."""
+    """``RTDETR`` for a model whose head is an ``RTDETRDecoder`` (YAML, also a registered subclass such as
+    ``FDRDecoder``, or checkpoint), else ``YOLO``."""
     from ultralytics import RTDETR, YOLO
+    from ultralytics.nn.modules.head import RTDETRDecoder
 
     if str(cfg).endswith((".yaml", ".yml")):
         from ultralytics.nn.tasks import yaml_model_load
 
-        head = yaml_model_load(cfg).get("head") or [[None, None, None]]
-        return RTDETR if str(head[-1][2]) == "RTDETRDecoder" else YOLO
+        from . import blocks  # noqa: F401  (registers the built-in heads)
+        from .registry import entries
+
+        name = str((yaml_model_load(cfg).get("head") or [[None, None, None]])[-1][2])
+        entry = entries().get(name)
+        rtdetr = name == "RTDETRDecoder" or (entry is not None and issubclass(entry.cls, RTDETRDecoder))
+        return RTDETR if rtdetr else YOLO
     return RTDETR if "rtdetr" in Path(cfg).name else YOLO
 
 
