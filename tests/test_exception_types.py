@@ -194,3 +194,34 @@ def test_a_named_subclass_pickles_and_is_built_once_per_class(monkeypatch, kind)
     assert type(back) is type(errors[0]) and str(back) == str(errors[0]) and back.layer == 9
     if kind is UserError:
         assert back.code == 7
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_before_python_3_11_the_row_is_a_line_of_the_message_where_the_type_allows(built, monkeypatch, kind):
+    """Without ``add_note`` (3.9/3.10): the row is a new last line of a message that is the exception's one string
+    argument, the message of a bare assert; a KeyError (which quotes) or a user's ``__str__`` is left untouched."""
+    from yolo_plugins import layer_errors
+
+    monkeypatch.setattr(layer_errors, "NOTES", False)
+    err, raised = _forward_error(built["yolov8n.yaml"], 3, kind)
+    assert type(err) is kind and err is raised[0] and not hasattr(err, "__notes__")
+    lines = str(err).splitlines()
+    if kind in (KeyError, UserError):
+        assert lines == [{KeyError: "'missing'", UserError: "user error 7: boom"}[kind]]
+    else:
+        assert NOTE.match(lines[-1]) and lines[-1].startswith("layer 3: Conv: ")
+        assert len(lines) == (1 if kind is AssertionError else 2)
+
+
+def test_before_python_3_11_a_class_that_would_not_read_as_the_row_is_left_as_it_was(monkeypatch):
+    """A bare ``KeyError()`` reads as '' but would quote a message: it keeps its empty arguments."""
+    from yolo_plugins import layer_errors
+
+    monkeypatch.setattr(layer_errors, "NOTES", False)
+    e = KeyError()
+    layer_errors.add_row(e, "layer 3: Conv: raised by this layer (input 1x8x8x8 from layer 2)")
+    assert e.args == () and str(e) == ""
+    e = ValueError("bad")
+    layer_errors.add_row(e, "layer 3: Conv: x")
+    layer_errors.add_row(e, "layer 3: Conv: x")  # never twice
+    assert e.args == ("bad\nlayer 3: Conv: x",)

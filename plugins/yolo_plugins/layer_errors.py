@@ -31,6 +31,7 @@ from typing import Any, Callable
 from . import yaml_rows
 from .errors import PluginError, layer_message
 
+NOTES = hasattr(BaseException, "add_note")  # Python 3.11+ (PEP 678); before, the row becomes a line of the message
 _SUBCLASSES: dict[type, type] = {}  # original class -> the subclass that carries a named message for it
 
 
@@ -109,21 +110,25 @@ def named(e: BaseException, index: int, module: str, detail: str | None = None) 
 
 def add_row(e: BaseException, text: str) -> None:
     """Add ``text`` (a row's name) to ``e`` in place: a note on Python 3.11+; before that a new line of the message
-    where ``e`` reads as its single string argument; else nothing. Never twice."""
+    where ``e`` reads as its single string argument (the message, where it has none); else nothing. Never twice."""
     notes = getattr(e, "__notes__", None)
     if (isinstance(notes, list) and text in notes) or text in _text(e):
         return
-    if hasattr(e, "add_note"):
+    if NOTES:
         try:
-            e.add_note(text)
+            e.add_note(text)  # type: ignore[attr-defined]
         except Exception:  # ``__notes__`` replaced by something that is not a list
             pass
         return
     args = e.args
-    if len(args) == 1 and isinstance(args[0], str) and _text(e) == args[0]:
+    if args == () and _text(e) == "":  # a bare ``assert``: the row becomes the message
+        e.args = (text,)
+    elif len(args) == 1 and isinstance(args[0], str) and _text(e) == args[0]:
         e.args = (f"{args[0]}\n{text}",)
-        if _text(e) != e.args[0]:
-            e.args = args
+    else:
+        return
+    if _text(e) != e.args[0]:  # the class does not read as its argument after all
+        e.args = args
 
 
 def _text(e: BaseException) -> str:
