@@ -14,7 +14,8 @@ Ultralytics builds a model in two steps, then runs it; the plugin names the YAML
   ``RTDETRDetectionModel.predict``), stock or plugin: the exception is not replaced at all. The very object the layer
   raised propagates, with the row, the module and the shapes of the inputs it received added as a note
   (``BaseException.add_note``, Python 3.11+). On Python 3.9/3.10 the note becomes a new line of the message where the
-  exception's text is its single string argument, and the exception is left untouched otherwise.
+  exception's text is its single string argument (the whole message of a bare ``assert``), and the exception is left
+  untouched otherwise (a ``KeyError`` would quote it, a user's ``__str__`` decides its own text).
 
 Errors that already name their layer (``LayerError``, ``UnknownModuleError``) pass through; the plugin's other
 errors raised while a row is built (a ``WeightsError`` from a block's ``pretrained=``) get the prefix like any other.
