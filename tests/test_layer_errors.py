@@ -1,8 +1,9 @@
-"""Every failure while building a YAML names its row, for plugin and stock blocks alike, with a type callers expect."""
+"""Every failure while building a YAML names its row, for plugin and stock blocks alike, and keeps its type."""
 
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel, yaml_model_load
@@ -28,8 +29,8 @@ def mutant(name: str, index: int, k: int, value, arg: int | None = None) -> dict
 @pytest.mark.parametrize(
     ("name", "index", "k", "arg", "value", "kind", "message"),
     [
-        # argument parsing: the host's literal_eval raises SyntaxError on a path; a ValueError naming the arg
-        ("rtdetr-effvit.yaml", 4, 3, 0, "/abs/x", ValueError, "layer 4: Conv: argument '/abs/x' is neither"),
+        # argument parsing: the host's literal_eval raises SyntaxError on a path; still one, naming the arg
+        ("rtdetr-effvit.yaml", 4, 3, 0, "/abs/x", SyntaxError, "layer 4: Conv: argument '/abs/x' is neither"),
         # a stock block with a string where its channel count goes
         ("rtdetr-effvit.yaml", 4, 3, 0, "abc", TypeError, "layer 4: Conv: "),
         # a list 'from' for a single-input stock block
@@ -46,26 +47,31 @@ def test_build_errors_name_the_row(name, index, k, arg, value, kind, message):
     with pytest.raises(kind) as e:
         cls(d, verbose=False)
     assert str(e.value).startswith(message), str(e.value)
-    assert e.value.__cause__ is not None  # the original exception stays attached
+    assert type(e.value) is kind and type(e.value.__cause__) is kind  # the original stays attached, same class
 
 
-def test_bare_assertion_becomes_a_value_error_with_the_failing_line():
-    """PSA asserts its channels without a message: the error still says which row and what was checked."""
-    d = mutant("yolov10-effvit.yaml", 5, 0, [-1, 3])  # PSA fed from a layer of other width: the host asserts
-    with pytest.raises((ValueError, TypeError)) as e:
-        DetectionModel(d, verbose=False)
-    assert str(e.value).startswith("layer 5: PSA: "), str(e.value)
-    assert not isinstance(e.value, AssertionError)
+def test_a_bare_assertion_stays_an_assertion_error_with_the_failing_line():
+    """RepConv asserts its kernel without a message: still an AssertionError, saying which row and what was checked."""
+    d = mutant("rtdetr-effvit.yaml", 4, 2, "RepConv")
+    d["head"][0] = [-1, 1, "RepConv", [64, 64, 5]]  # c1, c2, k=5: the host asserts k == 3
+    with pytest.raises(AssertionError) as e:
+        RTDETRDetectionModel(d, verbose=False)
+    assert type(e.value) is AssertionError and e.value.layer == 4
+    assert str(e.value).startswith("layer 4: RepConv: AssertionError in __init__() ("), str(e.value)
+    assert str(e.value).endswith(": assert k == 3 and p == 1")
 
 
 def test_build_time_forward_names_the_concat_and_its_inputs():
-    """A shape clash found only by Ultralytics' stride forward names the layer and the shapes it was given."""
+    """A shape clash found only by Ultralytics' stride forward: torch's own RuntimeError, with a note naming the
+    layer and the shapes it was given."""
     d = mutant("yolov10-effvit.yaml", 7, 0, [-1, 3])  # P5 instead of P4 into the first top-down Concat
     with pytest.raises(RuntimeError) as e:
         DetectionModel(d, verbose=False)
-    assert (
-        str(e.value) == "layer 7: Concat: inputs of different sizes (1x256x16x16 from layer 6, 1x192x8x8 from layer 3)"
-    )
+    assert type(e.value) is RuntimeError and str(e.value).startswith("Sizes of tensors must match")
+    if sys.version_info >= (3, 11):
+        assert e.value.__notes__ == [
+            "layer 7: Concat: inputs of different sizes (1x256x16x16 from layer 6, 1x192x8x8 from layer 3)"
+        ]
 
 
 def test_every_unknown_module_is_named_at_once():

@@ -4,11 +4,10 @@ Each example takes a zoo YAML at scale n, changes ONE field of ONE row of ``back
 argument, ``from``, repeats, one argument dropped or added; see ``yaml_mutants``) and builds it with the model class
 the YAML is for, then runs one forward pass (eval, 1x3x64x64): RT-DETR models run none while they are built, so a
 wrong Concat dimension or an nn.Upsample without a size only shows there. Allowed outcomes: it builds and runs, or it
-raises ValueError/TypeError/KeyError/IndexError/
-FileNotFoundError/RuntimeError (or a subclass) whose message contains ``layer k`` for the mutated row k. A mutation
-that only breaks a later row (a width change a later Concat consumes) may name that later row instead; a mutation
-that is invalid at row k itself (unknown module name, out-of-range or non-int ``from``, non-numeric repeats) must name
-row k exactly.
+raises one of ``yaml_mutants.ALLOWED`` (or a subclass; a named build error of the class it names) whose message or
+notes contain ``layer k`` for the mutated row k. A mutation that only breaks a later row (a width change a later
+Concat consumes) may name that later row instead; a mutation that is invalid at row k itself (unknown module name,
+out-of-range or non-int ``from``, non-numeric repeats) must name row k exactly.
 
 Mutants are drawn with fixed seeds and without shrinking (a build costs 0.05-0.5 s; a mutant is already one field),
 so a failure reports the first offending mutant as ``<yaml> layer k [kind]: <row> -> <mutated row>``.

@@ -2,9 +2,14 @@
 
 A mutant is a zoo YAML (scale n) with ONE field of ONE row of ``backbone + head`` changed: the module name, one
 argument, ``from``, the repeats, one argument dropped or one added. The contract: the mutant builds and runs one
-forward pass (eval mode, 1x3x64x64), or building or that forward raises a
-ValueError/TypeError/KeyError/IndexError/FileNotFoundError/RuntimeError (subclasses too) whose message names the row
-(``layer k``), or a later row ``layer j`` (j > k) where the mutation changed what a later row consumes.
+forward pass (eval mode, 1x3x64x64), or building or that forward raises one of ``ALLOWED`` (subclasses too) whose
+message or notes name the row (``layer k``), or a later row ``layer j`` (j > k) where the mutation changed what a later
+row consumes. ``ALLOWED`` is what a YAML mistake makes the host or a block raise: ValueError, TypeError, KeyError,
+IndexError, FileNotFoundError, RuntimeError, and the types the plugin used to re-type and now keeps: SyntaxError (the
+host's ``literal_eval`` of a text argument), AssertionError (a block's bare ``assert``), ZeroDivisionError (a zero
+width or group count), AttributeError (an argument of the wrong kind). Anything else (NameError, UnboundLocalError, a
+plain Exception) is a bug, not a YAML mistake. A build error the plugin named must be an instance of the class of the
+exception it names (its ``__cause__``): naming never changes the type.
 
 Only torch, Ultralytics and hypothesis are imported here, so a plain script can run the same mutants against another
 checkout of the plugin.
@@ -26,7 +31,18 @@ from hypothesis import strategies as st
 
 ZOO = Path(__file__).resolve().parents[1] / "cfg" / "models"
 NC = 6
-ALLOWED = (ValueError, TypeError, KeyError, IndexError, FileNotFoundError, RuntimeError)
+ALLOWED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    FileNotFoundError,
+    RuntimeError,
+    SyntaxError,
+    AssertionError,
+    ZeroDivisionError,
+    AttributeError,
+)
 BUILD_TIMEOUT_S = 60
 
 # Values drawn for a replaced argument. Large ints only at position 0 (channel counts, nc, indices), never for
@@ -87,7 +103,7 @@ class Mutant:
 
 @dataclass
 class Verdict:
-    category: str  # built | named | unnamed | wrong-layer | bad-type | timeout
+    category: str  # built | named | unnamed | wrong-layer | bad-type (not ALLOWED, or named as another type) | timeout
     error: str = ""  # "Type: message" of the exception, if any
 
     @property
@@ -287,10 +303,13 @@ def judge(mutant: Mutant, timeout: float = BUILD_TIMEOUT_S, run_forward: bool = 
     except BuildTimeout as e:
         return Verdict("timeout", str(e))
     except Exception as e:  # every exception type is classified below
-        message = str(e)
+        message = "\n".join([str(e), *getattr(e, "__notes__", [])])  # a forward error names its row in a note
         error = f"{type(e).__name__}: {message}"
         if not isinstance(e, ALLOWED):
             return Verdict("bad-type", error)
+        cause = e.__cause__
+        if getattr(e, "layer", None) is not None and cause is not None and not isinstance(e, type(cause)):
+            return Verdict("bad-type", f"{error} (re-typed from {type(cause).__name__}: {cause})")
         named = {int(j) for j in _LAYER.findall(message)}
         if not named:
             return Verdict("unnamed", error)

@@ -1,19 +1,24 @@
-"""Every failure while building a model YAML names its row: ``layer i: Module: what was wrong``.
+"""Every failure while building or running a YAML model names its row; no exception changes its type.
 
-Ultralytics builds a model in two steps, and an error in either is re-raised with the YAML layer it belongs to:
+Ultralytics builds a model in two steps, then runs it; the plugin names the YAML row wherever it fails:
 
 * ``parse_model`` (arguments, channels, construction): the row comes from the ``i``/``m`` locals of the parser's
-  frame in the traceback, so nothing runs per layer when nothing fails;
-* the build-time forward of ``DetectionModel.__init__`` (stride computation), and every later forward of a YAML-built
-  model (``BaseModel._predict_once``, ``RTDETRDetectionModel.predict``, which runs no forward while it is built): the
-  row is the layer the forward loop was calling, with the shapes of the inputs it received.
+  frame in the traceback, so nothing runs per layer when nothing fails. The error is re-raised as a *named error*: an
+  instance of the original exception's class whose message is ``layer i: Module: what was wrong``, with ``.layer``
+  set to the row and the original chained as ``__cause__``. It is the class itself (``type(err) is type(original)``)
+  where ``type(original)(message)`` builds one that reads as the message; otherwise (a ``KeyError``, which would quote
+  the message, or a class whose constructor takes other arguments) it is a subclass of it, with the same name, that
+  the plugin defines once per class. Either way ``except TheOriginalClass`` still catches it, and the original's
+  attributes are copied over.
+* every forward of a model (the build-time stride forward of ``DetectionModel.__init__``, ``BaseModel._predict_once``,
+  ``RTDETRDetectionModel.predict``), stock or plugin: the exception is not replaced at all. The very object the layer
+  raised propagates, with the row, the module and the shapes of the inputs it received added as a note
+  (``BaseException.add_note``, Python 3.11+). On Python 3.9/3.10 the note becomes a new line of the message where the
+  exception's text is its single string argument (the whole message of a bare ``assert``), and the exception is left
+  untouched otherwise (a ``KeyError`` would quote it, a user's ``__str__`` decides its own text).
 
-The exception keeps its type where it is one callers expect (``ValueError``, ``TypeError``, ``KeyError``,
-``IndexError``, ``OSError``, ``RuntimeError``); what a YAML typo raises deep inside a block (``SyntaxError`` from the
-host's ``literal_eval``, a bare ``AssertionError``, ``ZeroDivisionError``, ``AttributeError``) becomes the nearest of
-those. Errors that already name their layer (``LayerError``, ``UnknownModuleError``) pass through; the plugin's other
-errors raised while a row is built (a ``WeightsError`` from a block's ``pretrained=``) get the prefix and keep their
-type.
+Errors that already name their layer (``LayerError``, ``UnknownModuleError``) pass through; the plugin's other
+errors raised while a row is built (a ``WeightsError`` from a block's ``pretrained=``) get the prefix like any other.
 """
 
 from __future__ import annotations
@@ -27,28 +32,43 @@ from typing import Any, Callable
 from . import yaml_rows
 from .errors import PluginError, layer_message
 
-# What a YAML typo may raise, mapped to the type it is re-raised as (first match wins).
-PUBLIC: tuple[tuple[type[BaseException], type[Exception]], ...] = (
-    (SyntaxError, ValueError),  # the host literal_evals string args
-    (AssertionError, ValueError),  # asserts inside blocks, e.g. PSA's c1 == c2
-    (ArithmeticError, ValueError),  # a zero width or group count
-    (AttributeError, TypeError),  # an argument of the wrong kind
-    (KeyError, KeyError),
-    (IndexError, IndexError),
-    (LookupError, LookupError),
-    (ValueError, ValueError),
-    (TypeError, TypeError),
-    (OSError, OSError),
-    (RuntimeError, RuntimeError),
-    (Exception, RuntimeError),
-)
+NOTES = hasattr(BaseException, "add_note")  # Python 3.11+ (PEP 678); before, the row becomes a line of the message
+_SUBCLASSES: dict[type, type] = {}  # original class -> the subclass that carries a named message for it
 
 
-class _LayerKeyError(KeyError):
-    """A ``KeyError`` whose message reads as written (``KeyError`` would quote it)."""
+def _subclass(cls: type[BaseException]) -> type[BaseException]:
+    """A subclass of ``cls``, with its name, built from one message and reading as it (one per class)."""
+    sub = _SUBCLASSES.get(cls)
+    if sub is not None:
+        return sub
 
-    def __str__(self) -> str:
+    def __init__(self, message: str) -> None:  # the original's constructor may take other arguments
+        BaseException.__init__(self, message)
+
+    def __str__(self) -> str:  # KeyError and custom classes would not read as it
         return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # by the original class, which pickle can import
+        return _rebuild, (cls, str(self), dict(vars(self)))
+
+    namespace = {"__init__": __init__, "__str__": __str__, "__reduce__": __reduce__, "__module__": cls.__module__}
+    namespace.update(__qualname__=cls.__qualname__, __doc__=f"A named {cls.__name__} (yolo-plugins, layer_errors).")
+    return _SUBCLASSES.setdefault(cls, type(cls.__name__, (cls,), namespace))
+
+
+def _rebuild(cls: type[BaseException], message: str, state: dict) -> BaseException:
+    out = _subclass(cls)(message)
+    vars(out).update(state)
+    return out
+
+
+def _same_class(cls: type[BaseException], message: str) -> BaseException | None:
+    """``cls(message)`` if that builds exactly a ``cls`` that reads as ``message``."""
+    try:
+        out = cls(message)
+        return out if type(out) is cls and str(out) == message else None
+    except Exception:
+        return None
 
 
 def _detail(e: BaseException) -> str:
@@ -66,22 +86,57 @@ def _detail(e: BaseException) -> str:
     return f"{type(e).__name__} in {code.co_name}() ({code.co_filename}:{tb.tb_lineno}): {line}"
 
 
-def named(e: BaseException, index: int, module: str, detail: str | None = None) -> Exception:
-    """A new exception of the nearest public type saying ``layer index: module: detail``, chained to ``e``."""
+def named(e: BaseException, index: int, module: str, detail: str | None = None) -> BaseException:
+    """``e`` as a named error: an instance of ``type(e)`` saying ``layer index: module: detail``, ``.layer = index``.
+
+    It is ``type(e)`` itself where ``type(e)(message)`` builds one that reads as the message, else the class's named
+    subclass; ``e``'s attributes are copied (its notes stay on ``e``, the cause). A class that admits neither (a
+    custom ``__new__``) gets the message as a note instead, and ``e`` itself is returned.
+    """
     message = layer_message(index, module, detail if detail is not None else _detail(e))
-    public = next(t for base, t in PUBLIC if isinstance(e, base))
-    if public is KeyError:
-        public = _LayerKeyError
-    elif type(e) is not public and issubclass(type(e), public):  # keep a subclass (FileNotFoundError) if it can be
+    out = _same_class(type(e), message)
+    if out is None:
         try:
-            out = type(e)(message)
-            out.layer = index
-            return out
+            out = _subclass(type(e))(message)
         except Exception:
-            pass
-    out = public(message)
-    out.layer = index
+            add_row(e, message)
+            return e
+    vars(out).update((k, v) for k, v in vars(e).items() if k != "__notes__")
+    try:
+        out.layer = index  # type: ignore[attr-defined]
+    except Exception:  # a read-only ``layer`` of the user's class
+        pass
     return out
+
+
+def add_row(e: BaseException, text: str) -> None:
+    """Add ``text`` (a row's name) to ``e`` in place: a note on Python 3.11+; before that a new line of the message
+    where ``e`` reads as its single string argument (the message, where it has none); else nothing. Never twice."""
+    notes = getattr(e, "__notes__", None)
+    if (isinstance(notes, list) and text in notes) or text in _text(e):
+        return
+    if NOTES:
+        try:
+            e.add_note(text)  # type: ignore[attr-defined]
+        except Exception:  # ``__notes__`` replaced by something that is not a list
+            pass
+        return
+    args = e.args
+    if args == () and _text(e) == "":  # a bare ``assert``: the row becomes the message
+        e.args = (text,)
+    elif len(args) == 1 and isinstance(args[0], str) and _text(e) == args[0]:
+        e.args = (f"{args[0]}\n{text}",)
+    else:
+        return
+    if _text(e) != e.args[0]:  # the class does not read as its argument after all
+        e.args = args
+
+
+def _text(e: BaseException) -> str:
+    try:
+        return str(e)
+    except Exception:  # a user's ``__str__`` that fails
+        return ""
 
 
 def _frames(tb: TracebackType | None):
@@ -114,7 +169,10 @@ def wrap_parse_model(patched: Callable, original: Callable, before: Callable[[di
                 detail = f"argument {arg!r} is neither a Python literal nor a known name ({e.msg})"
             elif isinstance(e, TypeError) and "str" in str(e):
                 detail = _text_where_a_number_belongs(row[3], frame.f_locals, e)
-            raise named(e, index, module, detail).with_traceback(e.__traceback__) from e
+            out = named(e, index, module, detail)
+            if out is e:
+                raise
+            raise out.with_traceback(e.__traceback__) from e
 
     return parse_model
 
@@ -172,11 +230,9 @@ def _failing_layer(e: BaseException, codes: tuple[Any, ...]) -> tuple[Any, Any] 
     return (m, loop.get("x")) if isinstance(getattr(m, "i", None), int) else None
 
 
-def forward_error(e: BaseException, *codes: Any) -> Exception | None:
-    """The named error for an exception raised while a model's forward loop (one of ``codes``) ran a layer, else None.
-
-    The message names the row and module and gives the shapes of the inputs the layer received.
-    """
+def forward_note(e: BaseException, *codes: Any) -> str | None:
+    """``layer i: Module: ...`` for an exception raised while a model's forward loop (one of ``codes``) ran a layer:
+    the row, the module and the shapes of the inputs it received; None when no layer of that loop was running."""
     found = _failing_layer(e, codes)
     if found is None:
         return None
@@ -187,25 +243,25 @@ def forward_error(e: BaseException, *codes: Any) -> Exception | None:
     if module == "Concat" and len(sizes) > 1:
         detail = f"inputs of different sizes ({', '.join(inputs)})"
     else:
-        detail = f"{_detail(e)} (input {', '.join(inputs)})"
-    return named(e, m.i, module, detail)
+        detail = f"raised by this layer (input {', '.join(inputs)})"
+    return layer_message(m.i, module, detail)
 
 
 def _naming(original: Callable, code: Any) -> Callable:
-    """``original`` whose failures inside the forward loop ``code`` name the YAML row that failed, with the shapes
-    it received; nothing runs per layer, nothing changes when nothing fails."""
+    """``original`` whose failures inside the forward loop ``code`` carry a note naming the YAML row that failed, with
+    the shapes it received; the exception itself propagates. Nothing runs per layer, nothing changes when nothing
+    fails."""
 
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
         try:
             return original(self, *args, **kwargs)
         except Exception as e:
-            if getattr(e, "layer", None) is not None or isinstance(e, PluginError):
-                raise
-            out = forward_error(e, code)
-            if out is None:
-                raise
-            raise out.with_traceback(e.__traceback__) from e
+            if not isinstance(e, PluginError):
+                note = forward_note(e, code)
+                if note is not None:
+                    add_row(e, note)
+            raise
 
     return wrapper
 
