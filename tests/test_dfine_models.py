@@ -150,7 +150,8 @@ def test_yolo_train_and_val_on_the_generated_set(tiny_data, tmp_path):
 
 
 def test_fuse_folds_every_conv_and_repvgg_block_exactly():
-    """fuse() folds the encoder's Conv+BN and RepVGG blocks (and the backbone's): same outputs in float64."""
+    """fuse() folds the encoder's Conv+BN and RepVGG blocks and HGNetV2's conv + BN, and swaps the stem's 2x2
+    max pooling for its shifted-views form: same outputs in float64."""
     from ultralytics.nn.modules.conv import Conv, RepConv
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
@@ -162,7 +163,8 @@ def test_fuse_folds_every_conv_and_repvgg_block_exactly():
         before = model(x)[0]
         model.fuse()
         after = model(x)[0]
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.model[3:].modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert type(model.model[0].model.stem.pool).__name__ == "ShiftMaxPool2d"
     assert all(not hasattr(m, "bn") for m in model.modules() if isinstance(m, Conv))
     assert all(hasattr(m, "conv") for m in model.modules() if isinstance(m, RepConv))
     torch.testing.assert_close(after, before, atol=1e-9, rtol=0)
@@ -245,3 +247,22 @@ def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
     np.testing.assert_allclose(np.sort(got[:, 4]), np.sort(want[:, 4]), atol=0.02, rtol=0)
     errors = [np.abs(got[:, :4] - row[:4]).max(1).min() for row in want[:50]]
     assert max(errors) < 0.02, f"{fmt} INT8: a float32 box is {max(errors):.3f} from every INT8 box"
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_shift_max_pool_equals_the_host_pooling_and_exports_as_it(ceil_mode):
+    """The 2x2 stride-1 form equals ``nn.MaxPool2d`` exactly on odd and even sizes; other pooling shapes and traced
+    graphs use the host's operator."""
+    from yolo_plugins.blocks.shift_max_pool import ShiftMaxPool2d, shift_max_pool
+
+    host = torch.nn.MaxPool2d(2, 1, ceil_mode=ceil_mode)
+    form = shift_max_pool(host)
+    assert isinstance(form, ShiftMaxPool2d)
+    for shape in [(1, 3, 7, 9), (2, 16, 33, 32)]:
+        x = torch.randn(shape)
+        assert torch.equal(form(x), host(x))
+    traced = torch.jit.trace(form, torch.randn(1, 3, 8, 8))
+    assert "max_pool2d" in str(traced.graph)
+    wide = shift_max_pool(torch.nn.MaxPool2d(5, 1, 2))  # SPPF's pooling: the host's forward
+    x = torch.randn(1, 4, 10, 10)
+    assert torch.equal(wide(x), torch.nn.functional.max_pool2d(x, 5, 1, 2))

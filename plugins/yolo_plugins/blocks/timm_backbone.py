@@ -19,7 +19,9 @@ on the meta device (no memory, no forward, no download). Select maps with ``Pick
   leave the input unchanged), so ImageNet weights without it compute what timm's model computes.
 * ``fuse()`` runs timm's own ``reparameterize_model`` in place: every module timm gives a ``fuse()``,
   ``reparameterize()`` or ``switch_to_deploy()`` (RepViT, FastViT, MobileOne, EfficientViT-M, LeViT conv+BN pairs,
-  ...) is folded. Plain conv/BN pairs timm leaves unfused (ResNet, ConvNeXt) stay as they are.
+  ...) is folded. Then the conv + BN of every timm module listed in ``CONV_BN_MODULES`` (whose forward runs ``conv``
+  then ``bn`` first: HGNetV2's ``ConvBNAct``) is folded into one conv by Ultralytics' ``fuse_conv_and_bn``. Plain
+  conv/BN pairs elsewhere (ResNet, ConvNeXt) stay as they are.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ from ..weights import LoadReport, StateDict
 from .timm_base import TimmBasedBackbone
 
 OutIndices = Union[Sequence[int], int, None]
+CONV_BN_MODULES = ("timm.models.hgnet.ConvBNAct",)  # forward: conv, bn, then anything (fused: bn -> Identity)
+
+
+def fold_conv_bn(net: nn.Module) -> int:
+    """Fold ``bn`` into ``conv`` in every module of a ``CONV_BN_MODULES`` class; returns how many were folded."""
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    n = 0
+    for m in net.modules():
+        name = f"{type(m).__module__}.{type(m).__qualname__}"
+        if name in CONV_BN_MODULES and type(m.conv) is nn.Conv2d and isinstance(m.bn, nn.BatchNorm2d):
+            m.conv, m.bn = fuse_conv_and_bn(m.conv, m.bn), nn.Identity()
+            n += 1
+    return n
 
 
 def _check_name(model: str) -> str:
@@ -249,6 +265,7 @@ class TimmBackbone(TimmBasedBackbone):
 
         training = self.training
         reparameterize_model(self.model, inplace=True)
+        fold_conv_bn(self.model)
         self.train(training)
         self.fused = True
         return self
