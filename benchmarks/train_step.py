@@ -43,7 +43,9 @@ def build(cfg: str, nd: int | None):
     d = yaml_model_load(cfg)
     d["nc"] = 6
     head = d["head"][-1]
-    rtdetr = str(head[2]) == "RTDETRDecoder"
+    from yolo_plugins.main_job import is_rtdetr_head
+
+    rtdetr = is_rtdetr_head(head[2])
     if nd is not None and rtdetr:
         args = list(head[3])
         if len(args) < 7:

@@ -64,6 +64,11 @@ def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
+    from ultralytics import RTDETR
+
+    from yolo_plugins.main_job import model_class
+
+    assert model_class(cfg) is RTDETR  # the main job, benchmarks and profiler build it as an RT-DETR
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
     head = model.model[-1]
     assert isinstance(head, RTDETRDecoder) and type(head).__name__ == "RTDETRFDRDecoder"

@@ -64,22 +64,27 @@ def use_threads(model, n: int) -> None:
         model.add_callback(event, set_threads)
 
 
+def is_rtdetr_head(name: str) -> bool:
+    """Whether the YAML module ``name`` is ``RTDETRDecoder`` or a registered subclass of it (``FDRDecoder``)."""
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    from . import blocks  # noqa: F401  (registers the built-in heads)
+    from .registry import entries
+
+    entry = entries().get(str(name))
+    return str(name) == "RTDETRDecoder" or (entry is not None and issubclass(entry.cls, RTDETRDecoder))
+
+
 def model_class(cfg: str):
     """``RTDETR`` for a model whose head is an ``RTDETRDecoder`` (YAML, also a registered subclass such as
     ``FDRDecoder``, or checkpoint), else ``YOLO``."""
     from ultralytics import RTDETR, YOLO
-    from ultralytics.nn.modules.head import RTDETRDecoder
 
     if str(cfg).endswith((".yaml", ".yml")):
         from ultralytics.nn.tasks import yaml_model_load
 
-        from . import blocks  # noqa: F401  (registers the built-in heads)
-        from .registry import entries
-
-        name = str((yaml_model_load(cfg).get("head") or [[None, None, None]])[-1][2])
-        entry = entries().get(name)
-        rtdetr = name == "RTDETRDecoder" or (entry is not None and issubclass(entry.cls, RTDETRDecoder))
-        return RTDETR if rtdetr else YOLO
+        head = yaml_model_load(cfg).get("head") or [[None, None, None]]
+        return RTDETR if is_rtdetr_head(head[-1][2]) else YOLO
     return RTDETR if "rtdetr" in Path(cfg).name else YOLO
 
 

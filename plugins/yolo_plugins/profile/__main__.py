@@ -74,12 +74,14 @@ def load_model(model: str, weights: str | None = None):
     """A model in eval mode from a YAML (any task; RT-DETR YAMLs build an RTDETRDetectionModel) or a checkpoint."""
     from ultralytics.nn import tasks
 
+    from ..main_job import is_rtdetr_head
+
     if str(model).endswith(".pt"):
         m, _ = tasks.load_checkpoint(model)
     else:
         d = tasks.yaml_model_load(model)
         head = d.get("head") or [[None, None, ""]]
-        if str(head[-1][2]).endswith("RTDETRDecoder"):
+        if is_rtdetr_head(head[-1][2]):
             cls = tasks.RTDETRDetectionModel
         else:
             task = tasks.guess_model_task(d)
