@@ -61,10 +61,9 @@ def _model(yaml_text: str, tmp_path: Path, nc: int | None = None):
 def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
     """Every D-FINE-family zoo YAML builds and gives (B, queries, 6) detections at 320 and 640 px (any multiple of
     32: DEIMv2-Atto and -Femto were published at 320 and 416 px, Pico at 640)."""
+    from ultralytics import RTDETR
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.nn.tasks import RTDETRDetectionModel
-
-    from ultralytics import RTDETR
 
     from yolo_plugins.main_job import model_class
 
