@@ -9,7 +9,8 @@ The trampolines on ``ultralytics.nn.tasks`` are set when that module is first im
 them takes every trampoline out again (also from modules that imported one by name) and runs the full
 ``hook.activate()``, then makes the call it stood for, now with the plugin active; an explicit ``activate()`` or
 ``deactivate()`` takes them out first too. A host the plugin cannot hook is refused at that first use, with the same
-message as an explicit activation.
+message as an explicit activation, and the trampolines are set again: every later use in the process is refused with
+that same ``HostVersionError`` (never the stock host's missing-file error for a zoo name it cannot see).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _lock = threading.RLock()
 _traps: list[tuple[Any, str, Any]] = []  # (owner, attribute, the host's raw value) for every trampoline set
 _trampolines: dict[Any, Any] = {}  # trampoline function -> the host's function it stands for
 _armed = False
+_when_imported: Callable[[str, Callable[[Any], None]], None] | None = None  # arm()'s callback, kept for re-arming
 
 
 def is_armed() -> bool:
@@ -83,8 +85,9 @@ def _arm_tasks(tasks: Any) -> None:
 def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
     """Set the trampolines: on ``check_file`` now, on the model code now or, through ``when_imported(name,
     callback)``, when it is imported (nothing when the plugin is already active)."""
-    global _armed
+    global _armed, _when_imported
     hook = sys.modules.get(f"{__package__}.hook")  # not imported here: it is what first use loads
+    _when_imported = when_imported
 
     with _lock:
         if _armed or (hook is not None and hook.is_active()):
@@ -120,11 +123,17 @@ def disarm() -> None:
 
 
 def _spring() -> None:
-    """The first use: trampolines out, the full activation in (its refusal, if any, propagates to the caller)."""
+    """The first use: trampolines out, the full activation in. A refusal propagates to the caller with the
+    trampolines set again, so the next use is refused the same way."""
     from . import hook
+    from .errors import HostVersionError
 
     with _lock:
         if not _armed:
             return
         disarm()
-        hook.activate()
+        try:
+            hook.activate()
+        except HostVersionError:
+            arm(_when_imported or (lambda name, then: None))
+            raise
