@@ -99,6 +99,12 @@ def test_refusal_at_first_use_is_the_same_on_every_later_build(version):
         messages.append(str(e.value))
     assert len(set(messages)) == 1 and "ultralytics 8.3.200" in messages[0]
     assert first_use.is_armed() and not yolo_plugins.is_active()
+    with pytest.raises(yolo_plugins.HostVersionError) as e:  # an explicit activation in that process: the same
+        yolo_plugins.activate()
+    assert str(e.value) == messages[0]
+    with pytest.raises(yolo_plugins.HostVersionError) as e:  # ... and builds after it too
+        RTDETR("rtdetr-effvit.yaml")
+    assert str(e.value) == messages[0]
 
 
 def test_newer_release_than_tested_is_hooked_with_one_warning(version):
@@ -196,3 +202,28 @@ def test_a_none_the_host_does_not_take_becomes_its_default():
     assert host.none_to_default(new, args) is args
     assert host.none_to_default(old, [2, [64], 96]) == [2, [64], 96]  # act not given: nothing to replace
     assert host.none_to_default(type("RTDETRDecoder", (_decoder(nn.ReLU()),), {"__module__": "mine"}), args) is args
+
+
+def test_scoped_form_allows_what_the_file_references_for_that_load_only(tmp_path):
+    """8.4.67-8.4.125: the plugin's torch_load scopes the plugin/timm classes a checkpoint references around a
+    weights_only load (the host scopes its own allow-list the same way), and adds nothing to other loads."""
+    import torch
+    import yaml
+
+    cfg = "nc: 2\nbackbone: [[-1, 1, EfficientViT, [m0]], [0, 1, Pick, [2]]]\nhead: [[[1], 1, Detect, [nc]]]\n"
+    model = tasks.DetectionModel(yaml.safe_load(cfg), verbose=False)
+    path = tmp_path / "m.pt"
+    torch.save({"model": model}, path)
+    seen = []
+
+    def original(file, *args, **kwargs):
+        seen.append({g[1] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()})
+
+    load = safe_load.wrap_torch_load(original)
+    before = list(torch.serialization.get_safe_globals())
+    load(path, map_location="cpu", weights_only=True)
+    load(path, map_location="cpu")  # the default (full) load: nothing added
+    block = type(model.model[0])
+    name = f"{block.__module__}.{block.__qualname__}"
+    assert name in seen[0] and any(n.startswith("timm.") for n in seen[0] if isinstance(n, str))
+    assert name not in seen[1] and list(torch.serialization.get_safe_globals()) == before

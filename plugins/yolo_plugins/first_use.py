@@ -35,6 +35,7 @@ TASKS_TRAPS = (
     ("BaseModel", "fuse"),
     ("BaseModel", "is_fused"),
     ("_SafeLoad", "loading"),
+    (None, "torch_load"),  # replaced on releases with the per-load restricted loader (safe_load.host_form "scoped")
 )
 
 _lock = threading.RLock()
@@ -103,12 +104,13 @@ def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
             when_imported(TASKS, _arm_tasks)
 
 
-def disarm() -> None:
+def disarm() -> bool:
     """Take every trampoline out again: the host's own functions back on their owners and in every module that
-    imported one by name (a no-op when none is set); the activation then patches those modules like the host's."""
+    imported one by name (a no-op when none is set); the activation then patches those modules like the host's.
+    Returns whether trampolines were set."""
     global _armed
     with _lock:
-        _armed = False
+        was, _armed = _armed, False
         for owner, attr, raw in reversed(_traps):
             setattr(owner, attr, raw)
         _traps.clear()
@@ -120,20 +122,20 @@ def disarm() -> None:
                 if isinstance(value, types.FunctionType) and value in _trampolines:
                     names[name] = _trampolines[value]
         _trampolines.clear()
+        return was
+
+
+def rearm() -> None:
+    """Set the trampolines again after a refused activation (with the callback the start-up hook gave ``arm``)."""
+    arm(_when_imported or (lambda name, then: None))
 
 
 def _spring() -> None:
-    """The first use: trampolines out, the full activation in. A refusal propagates to the caller with the
-    trampolines set again, so the next use is refused the same way."""
+    """The first use: the full activation, which takes the trampolines out first. A refusal propagates to the caller
+    with the trampolines set again (``hook.activate``), so the next use is refused the same way."""
     from . import hook
-    from .errors import HostVersionError
 
     with _lock:
         if not _armed:
             return
-        disarm()
-        try:
-            hook.activate()
-        except HostVersionError:
-            arm(_when_imported or (lambda name, then: None))
-            raise
+        hook.activate()

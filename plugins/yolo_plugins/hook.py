@@ -5,8 +5,8 @@ and the replacement, side by side. ``activate()`` checks the host first (version
 the locals the dispatch reads, which form of restricted loading ``safe_load`` meets) and refuses with the version
 message before anything is patched; then it applies every row and adds the registered names to
 ``ultralytics.nn.tasks``' globals (where ``parse_model`` resolves YAML module names; host names are never touched).
-The range and the refusal message live in ``host``; after a refusal at first use the trampolines are armed again
-(``first_use``), so every later model use in the process is refused with the same message.
+The range and the refusal message live in ``host``; a refusal while the start-up hook's first-use trampolines were
+set sets them again (``first_use``), so every later model use in the process is refused with the same message.
 Registrations and ``unregister()`` made while active reach the host at once. ``deactivate()`` puts every original
 back and removes every added name.
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import host, registry
+from .errors import HostVersionError
 from .parser_patch import DISPATCH, compile_patched, dispatch, refuse
 from .user_blocks import import_user_blocks
 
@@ -141,11 +142,11 @@ def _on_registry(tasks, added: set[str], entry: registry.Entry, present: bool) -
         added.discard(entry.name)
 
 
-def _disarm_first_use() -> None:
-    """Take out the trampolines the start-up hook set (``first_use``), if it set any, before (de)activating."""
+def _disarm_first_use() -> bool:
+    """Take out the trampolines the start-up hook set (``first_use``), if it set any, before (de)activating; returns
+    whether it had set them."""
     first_use = sys.modules.get(f"{__package__}.first_use")  # looked up, not imported: it imports this module
-    if first_use is not None:
-        first_use.disarm()
+    return first_use is not None and first_use.disarm()
 
 
 def activate() -> None:
@@ -153,16 +154,21 @@ def activate() -> None:
     global _state
     from ultralytics.nn import tasks  # importing Ultralytics here may run the start-up hook, which arms first_use
 
-    _disarm_first_use()
+    armed = _disarm_first_use()
     with _lock:
         if _state is not None:
             return
         safe_added: set[str] = set()
-        host.check_range()  # first: the blocks import host modules an older release may lack
-        from . import blocks  # noqa: F401  (registers the built-in blocks)
+        try:
+            host.check_range()  # first: the blocks import host modules an older release may lack
+            from . import blocks  # noqa: F401  (registers the built-in blocks)
 
-        import_user_blocks()
-        table = patches(tasks, safe_added)  # may refuse: nothing is patched yet
+            import_user_blocks()
+            table = patches(tasks, safe_added)  # may refuse: nothing is patched yet
+        except HostVersionError:
+            if armed:  # the start-up hook's trampolines go back: every later use is refused the same way
+                sys.modules[f"{__package__}.first_use"].rearm()
+            raise
         host.warn_if_newer(stacklevel=3)
         added: set[str] = set()
         try:
