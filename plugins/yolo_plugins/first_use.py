@@ -9,7 +9,8 @@ The trampolines on ``ultralytics.nn.tasks`` are set when that module is first im
 them takes every trampoline out again (also from modules that imported one by name) and runs the full
 ``hook.activate()``, then makes the call it stood for, now with the plugin active; an explicit ``activate()`` or
 ``deactivate()`` takes them out first too. A host the plugin cannot hook is refused at that first use, with the same
-message as an explicit activation.
+message as an explicit activation, and the trampolines are set again: every later use in the process is refused with
+that same ``HostVersionError`` (never the stock host's missing-file error for a zoo name it cannot see).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ TASKS_TRAPS = (
     ("BaseModel", "fuse"),
     ("BaseModel", "is_fused"),
     ("_SafeLoad", "loading"),
+    (None, "torch_load"),  # replaced on releases with the per-load restricted loader (safe_load.host_form "scoped")
 )
 
 _lock = threading.RLock()
 _traps: list[tuple[Any, str, Any]] = []  # (owner, attribute, the host's raw value) for every trampoline set
 _trampolines: dict[Any, Any] = {}  # trampoline function -> the host's function it stands for
 _armed = False
+_when_imported: Callable[[str, Callable[[Any], None]], None] | None = None  # arm()'s callback, kept for re-arming
 
 
 def is_armed() -> bool:
@@ -83,8 +86,9 @@ def _arm_tasks(tasks: Any) -> None:
 def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
     """Set the trampolines: on ``check_file`` now, on the model code now or, through ``when_imported(name,
     callback)``, when it is imported (nothing when the plugin is already active)."""
-    global _armed
+    global _armed, _when_imported
     hook = sys.modules.get(f"{__package__}.hook")  # not imported here: it is what first use loads
+    _when_imported = when_imported
 
     with _lock:
         if _armed or (hook is not None and hook.is_active()):
@@ -100,12 +104,13 @@ def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
             when_imported(TASKS, _arm_tasks)
 
 
-def disarm() -> None:
+def disarm() -> bool:
     """Take every trampoline out again: the host's own functions back on their owners and in every module that
-    imported one by name (a no-op when none is set); the activation then patches those modules like the host's."""
+    imported one by name (a no-op when none is set); the activation then patches those modules like the host's.
+    Returns whether trampolines were set."""
     global _armed
     with _lock:
-        _armed = False
+        was, _armed = _armed, False
         for owner, attr, raw in reversed(_traps):
             setattr(owner, attr, raw)
         _traps.clear()
@@ -117,14 +122,20 @@ def disarm() -> None:
                 if isinstance(value, types.FunctionType) and value in _trampolines:
                     names[name] = _trampolines[value]
         _trampolines.clear()
+        return was
+
+
+def rearm() -> None:
+    """Set the trampolines again after a refused activation (with the callback the start-up hook gave ``arm``)."""
+    arm(_when_imported or (lambda name, then: None))
 
 
 def _spring() -> None:
-    """The first use: trampolines out, the full activation in (its refusal, if any, propagates to the caller)."""
+    """The first use: the full activation, which takes the trampolines out first. A refusal propagates to the caller
+    with the trampolines set again (``hook.activate``), so the next use is refused the same way."""
     from . import hook
 
     with _lock:
         if not _armed:
             return
-        disarm()
         hook.activate()

@@ -2,9 +2,11 @@
 
 Everything the plugin changes in the host is one row of ``patches()``: the owner, the attribute, the host's original
 and the replacement, side by side. ``activate()`` checks the host first (version, the shape of ``parse_model`` and
-the locals the dispatch reads, the private ``_SafeLoad`` members ``safe_load`` uses) and refuses with the version
+the locals the dispatch reads, which form of restricted loading ``safe_load`` meets) and refuses with the version
 message before anything is patched; then it applies every row and adds the registered names to
 ``ultralytics.nn.tasks``' globals (where ``parse_model`` resolves YAML module names; host names are never touched).
+The range and the refusal message live in ``host``; a refusal while the start-up hook's first-use trampolines were
+set sets them again (``first_use``), so every later model use in the process is refused with the same message.
 Registrations and ``unregister()`` made while active reach the host at once. ``deactivate()`` puts every original
 back and removes every added name.
 
@@ -21,11 +23,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import registry
-from .parser_patch import DISPATCH, SUPPORTED, compile_patched, dispatch, host_version, refuse, version_supported
+from . import host, registry
+from .errors import HostVersionError
+from .parser_patch import DISPATCH, compile_patched, dispatch, refuse
 from .user_blocks import import_user_blocks
 
-SAFE_LOAD_MEMBERS = ("_lock", "_registry", "_build", "loading")  # what safe_load.wrap_loading uses
 # Patched functions that modules import by name (``from ultralytics.nn.tasks import load_checkpoint``): any module
 # holding the host's function under that name at activation gets a row too, and any module holding the replacement
 # at deactivation (it imported it while active) gets the host's function back.
@@ -70,14 +72,12 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from .layer_errors import wrap_forward, wrap_model_init, wrap_parse_model
     from .loading import wrap_load_checkpoint, wrap_model_load
     from .norms import wrap_initialize_weights
-    from .safe_load import wrap_loading
+    from .safe_load import host_form, wrap_loading, wrap_torch_load
     from .scales import wrap_yaml_model_load
     from .yaml_rows import prepare
 
     safe = getattr(tasks, "_SafeLoad", None)
-    missing = [m for m in SAFE_LOAD_MEMBERS if safe is None or not hasattr(safe, m)]
-    if missing:
-        raise refuse(f"ultralytics.nn.tasks._SafeLoad has no {', '.join(missing)}")
+    form = host_form(tasks)  # which restricted loader this release has (refuses an unknown one)
     patched, handled = compile_patched(tasks)
     for entry in registry.entries().values():
         if entry.source == "ultralytics" and entry.rule is not None and entry.cls.__name__ in handled:
@@ -103,9 +103,12 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (tasks.BaseModel, "load", wrap_model_load(tasks.BaseModel.__dict__["load"])),
         (tasks.BaseModel, "fuse", wrap_fuse(tasks.BaseModel.__dict__["fuse"])),
         (tasks.BaseModel, "is_fused", wrap_is_fused(tasks.BaseModel.__dict__["is_fused"])),
-        (safe, "loading", staticmethod(wrap_loading(safe.loading, safe, safe_added))),
         (checks, "check_file", check_file),
     ]
+    if form == "registry":
+        rows.append((safe, "loading", staticmethod(wrap_loading(safe.loading, safe, safe_added))))
+    elif form == "scoped":
+        rows.append((tasks, "torch_load", wrap_torch_load(tasks.torch_load)))
     by_name = {"check_file": check_file, "load_checkpoint": load_ckpt, "parse_model": parse, "yaml_model_load": load}
     host = {"check_file": checks.check_file, **{a: getattr(tasks, a) for a in BY_NAME if a != "check_file"}}
     listed = {(id(owner), attr) for owner, attr, _ in rows}
@@ -139,11 +142,11 @@ def _on_registry(tasks, added: set[str], entry: registry.Entry, present: bool) -
         added.discard(entry.name)
 
 
-def _disarm_first_use() -> None:
-    """Take out the trampolines the start-up hook set (``first_use``), if it set any, before (de)activating."""
+def _disarm_first_use() -> bool:
+    """Take out the trampolines the start-up hook set (``first_use``), if it set any, before (de)activating; returns
+    whether it had set them."""
     first_use = sys.modules.get(f"{__package__}.first_use")  # looked up, not imported: it imports this module
-    if first_use is not None:
-        first_use.disarm()
+    return first_use is not None and first_use.disarm()
 
 
 def activate() -> None:
@@ -151,22 +154,22 @@ def activate() -> None:
     global _state
     from ultralytics.nn import tasks  # importing Ultralytics here may run the start-up hook, which arms first_use
 
-    _disarm_first_use()
+    armed = _disarm_first_use()
     with _lock:
         if _state is not None:
             return
-        from . import blocks  # noqa: F401  (registers the built-in blocks)
-
-        import_user_blocks()
-        version = host_version()
-        if not version_supported(version):
-            import warnings
-
-            warnings.warn(
-                f"ultralytics {version} is outside the tested range {SUPPORTED}; the parser hook applies", stacklevel=2
-            )
         safe_added: set[str] = set()
-        table = patches(tasks, safe_added)  # may refuse: nothing is patched yet
+        try:
+            host.check_range()  # first: the blocks import host modules an older release may lack
+            from . import blocks  # noqa: F401  (registers the built-in blocks)
+
+            import_user_blocks()
+            table = patches(tasks, safe_added)  # may refuse: nothing is patched yet
+        except HostVersionError:
+            if armed:  # the start-up hook's trampolines go back: every later use is refused the same way
+                sys.modules[f"{__package__}.first_use"].rearm()
+            raise
+        host.warn_if_newer(stacklevel=3)
         added: set[str] = set()
         try:
             for entry in registry.entries().values():
@@ -221,8 +224,9 @@ def deactivate() -> None:
         if _state is None:
             return
         _restore(_state["patches"], _state["added"], _state["tasks"])
+        safe = getattr(_state["tasks"], "_SafeLoad", None)
         for name in _state["safe"]:  # allow-list entries the plugin added to the host's restricted loader
-            (_state["tasks"]._SafeLoad._registry or {}).pop(name, None)
+            (getattr(safe, "_registry", None) or {}).pop(name, None)
         _forget_safe_globals(_state["safe"])
         registry._listeners.remove(_state["listener"])
         _state = None

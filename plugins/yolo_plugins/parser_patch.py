@@ -18,35 +18,11 @@ from typing import Any, Callable
 
 from . import registry
 from .channels import Layer
-from .errors import HostVersionError, LayerError
+from .errors import LayerError
+from .host import none_to_default, refuse
 
-SUPPORTED = ">=8.4,<8.5"
 DISPATCH = "_yolo_plugins_layer"  # the name the patched parse_model calls, added to the host module's globals
 FRAME = ("i", "f", "n", "m", "args", "c2", "ch", "width", "max_channels", "d")  # parse_model locals dispatch reads
-
-
-def host_version() -> str:
-    """The installed Ultralytics version."""
-    import ultralytics
-
-    return getattr(ultralytics, "__version__", "unknown")
-
-
-def refuse(why: str) -> HostVersionError:
-    """The error activation raises when the installed Ultralytics is not one the hook can handle."""
-    return HostVersionError(
-        f"yolo-plugins cannot hook ultralytics {host_version()} (supported: ultralytics{SUPPORTED}): {why}. "
-        "Install a supported Ultralytics (pip install 'ultralytics" + SUPPORTED + "') or set YOLO_PLUGINS_AUTOLOAD=0."
-    )
-
-
-def version_supported(version: str) -> bool:
-    """Whether ``version`` lies in the tested range."""
-    try:
-        parts = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
-        return False
-    return (8, 4) <= parts < (8, 5)
 
 
 def _channel_chain(fn: ast.FunctionDef) -> tuple[ast.For, int, ast.If]:
@@ -133,7 +109,7 @@ def dispatch(frame: dict) -> tuple[Any, list, int]:
         if entry is not None and entry.check is not None:
             entry.check(frame)
         _check_channels(frame, c2)
-        return c2, args, n
+        return c2, none_to_default(m, args), n
     if entry is None or entry.rule is None:
         return frame["ch"][frame["f"]], args, n  # the host's own fall-through, unchanged
     layer = Layer(
