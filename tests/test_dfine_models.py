@@ -270,3 +270,25 @@ def test_shift_max_pool_equals_the_host_pooling_and_exports_as_it(ceil_mode):
     wide = shift_max_pool(torch.nn.MaxPool2d(5, 1, 2))  # SPPF's pooling: the host's forward
     x = torch.randn(1, 4, 10, 10)
     assert torch.equal(wide(x), torch.nn.functional.max_pool2d(x, 5, 1, 2))
+
+
+def test_yolo_benchmark_runs_a_dfine_family_model(tmp_path, tiny_data, monkeypatch):
+    """Ultralytics' ``benchmark`` (``yolo benchmark``) on a trained DEIMv2-Atto checkpoint whose file name does not
+    say RT-DETR: the PyTorch and ONNX rows export, load (routed to RT-DETR by the head's class) and validate."""
+    from ultralytics import RTDETR
+    from ultralytics.utils.benchmarks import benchmark
+
+    monkeypatch.chdir(tmp_path)  # the benchmark appends to ./benchmarks.log
+    torch.manual_seed(0)
+    RTDETR("deimv2-atto.yaml").train(
+        data=tiny_data, epochs=1, imgsz=64, batch=4, workers=0, device="cpu", project=str(tmp_path), name="t",
+        plots=False, val=False, verbose=False, amp=False,
+    )  # fmt: skip
+    weights = tmp_path / "t" / "weights" / "last.pt"
+    rows = {}
+    for fmt in ("-", "onnx"):
+        df = benchmark(model=str(weights), data=tiny_data, imgsz=64, device="cpu", format=fmt)
+        rows.update({row["Format"]: row for row in df.iter_rows(named=True)})
+    assert set(rows) == {"PyTorch", "ONNX"}
+    status = next(k for k in rows["PyTorch"] if k.startswith("Status"))
+    assert rows["PyTorch"][status] == rows["ONNX"][status] == "✅", rows
