@@ -292,3 +292,28 @@ def test_yolo_benchmark_runs_a_dfine_family_model(tmp_path, tiny_data, monkeypat
     assert set(rows) == {"PyTorch", "ONNX"}
     status = next(k for k in rows["PyTorch"] if k.startswith("Status"))
     assert rows["PyTorch"][status] == rows["ONNX"][status] == "✅", rows
+
+
+def test_affine_form_is_the_same_map_and_exports_as_a_convolution(tmp_path):
+    """HGNetV2's ``scale * x + bias`` after fuse(): the same outputs in eager PyTorch and, traced, one depthwise 1x1
+    ``Conv`` per block in the ONNX graph in place of ``Mul`` and ``Add`` (ONNX Runtime keeps its conv layout)."""
+    import onnx
+    from timm.models.hgnet import LearnableAffineBlock
+
+    from yolo_plugins.blocks.affine_conv import AffineConv, affine_conv
+
+    host = LearnableAffineBlock(scale_value=1.3, bias_value=-0.2)
+    x = torch.randn(2, 5, 7, 9)
+    want = host(x)
+    form = affine_conv(host)
+    assert isinstance(form, AffineConv)
+    torch.testing.assert_close(form(x), want, atol=0, rtol=0)
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), form).eval()
+    torch.onnx.export(seq, torch.randn(1, 3, 9, 11), tmp_path / "lab.onnx", dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "lab.onnx")).graph.node]
+    assert ops.count("Conv") == 2 and "Add" not in ops, ops  # (a Mul remains in the weight's shape arithmetic)
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 9, 11)
+    got = ort.InferenceSession(str(tmp_path / "lab.onnx")).run(None, {"input.1": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got[0]), seq(x).detach(), atol=1e-6, rtol=0)

@@ -2,6 +2,7 @@
 one block family (or one deploy form)."""
 
 from . import (  # noqa: F401
+    affine_conv,
     cascaded_attention,
     deform_attention,
     dfine,
