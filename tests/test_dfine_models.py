@@ -315,5 +315,6 @@ def test_affine_form_is_the_same_map_and_exports_as_a_convolution(tmp_path):
     import onnxruntime as ort
 
     x = torch.randn(1, 3, 9, 11)
-    got = ort.InferenceSession(str(tmp_path / "lab.onnx")).run(None, {"input.1": x.numpy()})
+    sess = ort.InferenceSession(str(tmp_path / "lab.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got[0]), seq(x).detach(), atol=1e-6, rtol=0)
