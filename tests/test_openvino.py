@@ -2,12 +2,12 @@
 OpenVINO CPU plugin in float32 and checked against PyTorch (tolerance 1e-3), with the weights a model has when built
 from YAML ("default") and with data-like statistics (:func:`calibrate`).
 
-Default run (about 55 s on 2 busy cores, as before issue 18): ``rtdetr-v10-psa-n`` at 320 px with default weights (the
-case of issue 18), the default model ``rtdetr-effvit-n`` and one YOLO model (``yolov10-mix-n``) calibrated at 64 px,
-``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer by layer (both weights), and one ``yolo export
-format=openvino``. Every zoo n model at 320 px with both weights (10-40 s each) and
-``rtdetr-v10-n``/``rtdetr-v10-psa-n`` at 640 px are ``slow`` (17 cases, about 7 min) and run only when asked for:
-``pytest -m slow tests/test_openvino.py`` (or ``YOLO_PLUGINS_SLOW=1``).
+Not marked ``slow`` (about 55 s on 2 busy cores, as before issue 18): ``rtdetr-v10-psa-n`` at 320 px with default
+weights (the case of issue 18), the default model ``rtdetr-effvit-n`` and one YOLO model (``yolov10-mix-n``)
+calibrated at 64 px, ``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer by layer (both weights), and
+one ``yolo export format=openvino``. Every zoo n model at 320 px with both weights and ``rtdetr-v10-n``/
+``rtdetr-v10-psa-n`` at 640 px are marked ``slow`` (17 cases, 3-16 s each, 2.6 min in all on 2 busy cores); they run
+in the default ``pytest`` run, and so in CI, and ``-m "not slow"`` leaves them out.
 
 Top-k ties: an RT-DETR picks its queries with a top-k over the encoder's per-anchor scores and its detections with a
 top-k over the decoder's scores. With default weights (identity BatchNorm statistics) the signal fades layer by layer
