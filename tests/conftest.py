@@ -35,13 +35,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """Skip ``slow`` tests unless the run selects them (``-m slow``) or ``YOLO_PLUGINS_SLOW=1`` is set."""
-    if request.node.get_closest_marker("slow") is None:
-        return
-    markexpr = request.config.getoption("markexpr", "") or ""
-    if "slow" not in markexpr.replace("not slow", "") and os.environ.get("YOLO_PLUGINS_SLOW") != "1":
-        pytest.skip("slow: run with -m slow or YOLO_PLUGINS_SLOW=1")

@@ -2,12 +2,12 @@
 OpenVINO CPU plugin in float32 and checked against PyTorch (tolerance 1e-3), with the weights a model has when built
 from YAML ("default") and with data-like statistics (:func:`calibrate`).
 
-Default run (about 55 s on 2 busy cores, as before issue 18): ``rtdetr-v10-psa-n`` at 320 px with default weights (the
-case of issue 18), the default model ``rtdetr-effvit-n`` and one YOLO model (``yolov10-mix-n``) calibrated at 64 px,
-``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer by layer (both weights), and one ``yolo export
-format=openvino``. Every zoo n model at 320 px with both weights (10-40 s each) and
-``rtdetr-v10-n``/``rtdetr-v10-psa-n`` at 640 px are ``slow`` (17 cases, about 7 min) and run only when asked for:
-``pytest -m slow tests/test_openvino.py`` (or ``YOLO_PLUGINS_SLOW=1``).
+Not marked ``slow`` (about 55 s on 2 busy cores, as before issue 18): ``rtdetr-v10-psa-n`` at 320 px with default
+weights (the case of issue 18), the default model ``rtdetr-effvit-n`` and one YOLO model (``yolov10-mix-n``)
+calibrated at 64 px, ``rtdetr-v10-psa-n`` up to its PSA layer at 320 px compared layer by layer (both weights), and
+one ``yolo export format=openvino``. Every zoo n model at 320 px with both weights and ``rtdetr-v10-n``/
+``rtdetr-v10-psa-n`` at 640 px are marked ``slow`` (17 cases, 3-16 s each, 2.6 min in all on 2 busy cores); they run
+in the default ``pytest`` run, and so in CI, and ``-m "not slow"`` leaves them out.
 
 Top-k ties: an RT-DETR picks its queries with a top-k over the encoder's per-anchor scores and its detections with a
 top-k over the decoder's scores. With default weights (identity BatchNorm statistics) the signal fades layer by layer
@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import calibrate
 from torch import nn
 
 ov = pytest.importorskip("openvino")
@@ -60,47 +61,6 @@ CASES += [
     for weights in WEIGHTS
     if (stem, size, weights) != ("rtdetr-v10-psa", 320, "default")
 ]
-
-
-def calibrate(model: nn.Module, imgsz: int, seed: int = 0) -> nn.Module:
-    """Make a freshly built model's outputs well-scaled and input-dependent, deterministically.
-
-    Every BatchNorm gets the running statistics of a few random images, its variances floored at their mean (a
-    near-constant channel divided by its tiny spread amplifies rounding noise); then every convolution that ends a
-    branch of the head (a YOLO head's box and class outputs) is rescaled so that each output channel has zero mean and
-    unit spread on those images, as a trained head's logits roughly do. Without these two steps a YOLO head's logits
-    reach the hundreds and fused and unfused PyTorch alone differ by more than 1e-3 in a score.
-    """
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.rand(4, 3, imgsz, imgsz, generator=g) for _ in range(2)]
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the batches
-        m.train()
-    with torch.no_grad():
-        for x in images:
-            model(x)
-    for m in bns:
-        m.eval()
-        m.running_var.clamp_(min=float(m.running_var.mean()))  # near-constant channels would amplify rounding
-    head = model.model[-1]
-    ends = [s[-1] for s in head.modules() if isinstance(s, nn.Sequential) and isinstance(s[-1], nn.Conv2d)]
-    outputs: dict[nn.Module, list[torch.Tensor]] = {c: [] for c in ends}
-    hooks = [c.register_forward_hook(lambda c, _, y: outputs[c].append(y.transpose(0, 1).flatten(1))) for c in ends]
-    with torch.no_grad():
-        for x in images:
-            model(x)
-        for h in hooks:
-            h.remove()
-        for c, ys in outputs.items():
-            y = torch.cat(ys, 1)
-            mean, std = y.mean(1), y.std(1).clamp(min=1e-6)
-            c.weight.div_(std.view(-1, 1, 1, 1))
-            if c.bias is not None:
-                c.bias.sub_(mean).div_(std)
-    return model
 
 
 def build(stem: str, imgsz: int, weights: str = "calibrated"):
