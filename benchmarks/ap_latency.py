@@ -1,6 +1,6 @@
 """Where the COCO-pretrained small detectors stand: published COCO AP against CPU latency measured here.
 
-    python benchmarks/ap_latency.py speed=docs/speed/speed.csv          # docs/speed/ap-latency.md and .png
+    python benchmarks/ap_latency.py speed=docs/speed/speed.csv          # docs/speed/ap-latency-640.md and .png
     python benchmarks/ap_latency.py speed=docs/speed/speed.csv imgsz=640 out=docs/speed
 
 Reads a ``benchmarks/speed.py`` CSV (latency per model, runtime and size, with its ratio to the baseline) and joins
@@ -53,7 +53,7 @@ def plot(speed: dict, baseline: str, imgsz: int, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(RUNTIMES), figsize=(5 * len(RUNTIMES), 4.2), sharey=True)
     for ax, (runtime, title) in zip(axes, RUNTIMES.items()):
-        for name, (ap, res, _) in PUBLISHED.items():
+        for k, (name, (ap, res, _)) in enumerate(PUBLISHED.items()):
             row = speed.get(name, {}).get(runtime)
             if not row or not row.get("median_ms"):
                 continue
@@ -62,7 +62,8 @@ def plot(speed: dict, baseline: str, imgsz: int, path: Path) -> None:
             color = "tab:gray" if stock else "tab:blue"
             ax.scatter(ms, ap, s=40, color=color, facecolors="none" if res != imgsz else color, zorder=3)
             label = name + ("" if res == imgsz else f" (AP at {res} px)")
-            ax.annotate(label, (ms, ap), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            # labels of neighbouring points (the ~43 AP models) step down so that they do not overlap
+            ax.annotate(label, (ms, ap), textcoords="offset points", xytext=(4, 4 - 9 * (k % 3)), fontsize=7)
         if baseline in speed and runtime in speed[baseline]:
             ax.axvline(float(speed[baseline][runtime]["median_ms"]), color="tab:gray", ls="--", lw=0.8)
         ax.set_title(f"{title}, {imgsz} px")
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> int:
         lines.append(f"| `{name}` | {ap}{note} | {params} | {first.get('gflops') or '-'} | " + " | ".join(cells) + " |")
     lines += ["", f"Sources of the AP figures: {'; '.join(sorted({s for *_, s in PUBLISHED.values()}))}.", ""]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ap-latency.md").write_text("\n".join(lines))
+    (out / f"ap-latency-{imgsz}.md").write_text("\n".join(lines))
     plot(speed, baseline, imgsz, out / f"ap-latency-{imgsz}.png")
     print("\n".join(lines))
     return 0
