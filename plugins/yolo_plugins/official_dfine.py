@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .official_rtdetr import load_by_role
+from .official_rtdetr import load_by_role, map_to_roles, rename
 from .weights import StateDict, WeightsError, read_weights
 
 FAMILIES = ("D-FINE", "DEIM")
@@ -161,11 +161,8 @@ def _role_key(key: str) -> str | None:
             return None
         return f"backbone.0.model.{rest if m[2] is None else f'stages_{m[2]}.{m[3]}'}"
     if section == "encoder":
-        for pattern, repl in _ENCODER:
-            new, n = re.subn("^" + pattern, repl, rest, count=1)
-            if n:
-                return new.replace(".norm.", ".bn.") if not new.startswith("aifi.") else new
-        return None
+        new = rename(rest, _ENCODER)
+        return new.replace(".norm.", ".bn.") if new and not new.startswith("aifi.") else new
     if section == "decoder":
         return key
     return None
@@ -177,18 +174,7 @@ def role_state_dict(sd: StateDict, official: Official, source: str = "checkpoint
     for alias, key in ALIASES.items():  # a file that stored the shared tensor under the other name only
         if key not in sd and alias in sd:
             sd[key] = sd[alias]
-    out, unmapped = {}, []
-    for key, value in sd.items():
-        role = _role_key(key)
-        if role is None:
-            unmapped.append(key)
-        elif role:
-            out[role] = value
-    if unmapped:
-        raise WeightsError(
-            f"{source}: {len(unmapped)} tensors of the official {official.version} layout map to no part of "
-            f"{official.yaml}: {', '.join(unmapped[:8])}{', ...' if len(unmapped) > 8 else ''}. Nothing was loaded."
-        )
+    out = map_to_roles(sd, _role_key, official, source)
     for alias, key in ALIASES.items():
         if alias in sd and key in sd and not torch.equal(sd[alias], sd[key]):
             raise WeightsError(f"{source}: '{alias}' differs from '{key}' (the official model shares them)")

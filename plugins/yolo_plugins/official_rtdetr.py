@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
@@ -157,7 +158,8 @@ _DECODER = [  # inside decoder.
 ]
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+def rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+    """``key`` rewritten by the first ``(pattern, replacement)`` rule that matches its start, else None."""
     for pattern, repl in rules:
         new, n = re.subn("^" + pattern, repl, key, count=1)
         if n:
@@ -173,22 +175,23 @@ def _role_key(key: str) -> str | None:
     if section == "backbone":
         m = re.match(r"res_layers\.(\d+)\.blocks\.(\d+)\.(.*)$", rest)
         if m:
-            inner = _rename(m[3], _BLOCK)
+            inner = rename(m[3], _BLOCK)
             return None if inner is None else f"backbone.0.model.layer{int(m[1]) + 1}.{m[2]}.{inner}"
-        inner = _rename(rest, _BACKBONE)
+        inner = rename(rest, _BACKBONE)
         return None if inner is None else f"backbone.0.model.{inner}"
     if section == "encoder":
-        return _rename(rest, _ENCODER)
+        return rename(rest, _ENCODER)
     if section == "decoder":
-        return "decoder." + (_rename(rest, _DECODER) or rest)
+        return "decoder." + (rename(rest, _DECODER) or rest)
     return None
 
 
-def role_state_dict(sd: StateDict, official: Official, source: str = "checkpoint") -> StateDict:
-    """The official tensors under ``warm_start`` role keys; every key maps, or an error lists those that do not."""
+def map_to_roles(sd: StateDict, role_key: Callable[[str], str | None], official, source: str) -> StateDict:
+    """``sd`` under the role keys ``role_key`` gives (``''`` drops a key); a key that maps nowhere is an error that
+    lists them (``official`` names the layout and its YAML in it)."""
     out, unmapped = {}, []
     for key, value in sd.items():
-        role = _role_key(key)
+        role = role_key(key)
         if role is None:
             unmapped.append(key)
         elif role:
@@ -198,6 +201,12 @@ def role_state_dict(sd: StateDict, official: Official, source: str = "checkpoint
             f"{source}: {len(unmapped)} tensors of the official {official.version} layout map to no part of "
             f"{official.yaml}: {', '.join(unmapped[:8])}{', ...' if len(unmapped) > 8 else ''}. Nothing was loaded."
         )
+    return out
+
+
+def role_state_dict(sd: StateDict, official: Official, source: str = "checkpoint") -> StateDict:
+    """The official tensors under ``warm_start`` role keys; every key maps, or an error lists those that do not."""
+    out = map_to_roles(sd, _role_key, official, source)
     embed = out.get("decoder.denoising_class_embed.weight")
     if embed is not None and embed.shape[0] == official.nc + 1:  # the official padding row (index nc)
         out["decoder.denoising_class_embed.weight"] = embed[: official.nc]
