@@ -318,3 +318,38 @@ def test_affine_form_is_the_same_map_and_exports_as_a_convolution(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "lab.onnx"))
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got[0]), seq(x).detach(), atol=1e-6, rtol=0)
+
+
+def test_training_starts_from_an_official_file_with_pretrained(converted, tiny_data, tmp_path):
+    """``yolo train model=dfine-n.yaml pretrained=<official .pth>``: the trainer loads every tensor of the official
+    file the class count allows (3 classes here: the class heads start fresh), then trains an epoch."""
+    from ultralytics import RTDETR
+
+    source = converted.with_suffix(".pth")  # the official-layout file the fixture converted
+    trained = RTDETR("dfine-n.yaml")
+    trained.train(
+        data=tiny_data,
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path),
+        name="p",
+        plots=False,
+        val=False,
+        pretrained=str(source),
+        optimizer="SGD",
+        lr0=0.0,
+        warmup_bias_lr=0.0,
+    )  # fmt: skip  (learning rate 0: the weights stay as loaded, so the checkpoint shows what was loaded)
+    official = RTDETR(str(converted)).model.state_dict()
+    ckpt = torch.load(tmp_path / "p" / "weights" / "last.pt", weights_only=False)
+    got = (ckpt.get("ema") or ckpt["model"]).float().state_dict()  # a finished run keeps the EMA as "model"
+    heads = ("denoising_class_embed", "enc_score_head", "dec_score_head")  # 3 classes: these start fresh
+    stats = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm statistics move even at lr 0
+    learned = [k for k in got if k in official and not any(h in k for h in heads) and not k.endswith(stats)]
+    kept = [k for k in learned if torch.allclose(got[k], official[k].to(got[k].dtype), rtol=1e-2, atol=1e-3)]
+    assert len(learned) > 400 and len(kept) == len(learned), (
+        f"not from the file: {sorted(set(learned) - set(kept))[:5]}"
+    )
