@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.head import RTDETRDecoder
+from ultralytics.nn.modules.utils import inverse_sigmoid
 
 from ...registry import register
 from .distribution import distance2bbox, integral, weighting_function
@@ -413,7 +414,7 @@ class RTDETRFDRDecoder(RTDETRDecoder):
                 pos = self.query_pos_head(ref).clamp(min=-10, max=10)
             x = layer(x, ref, values, shapes, attn_mask, pos)
             if i == 0:  # the reference box every layer's distances are measured from
-                initial = torch.sigmoid(self.pre_bbox_head(x) + _inverse_sigmoid(ref)).detach()
+                initial = torch.sigmoid(self.pre_bbox_head(x) + inverse_sigmoid(ref)).detach()
             corners = self.dec_bbox_head[i](x + prev_x) + prev_corners
             boxes = distance2bbox(initial, integral(corners, project), self.reg_scale)
             if self.training or i == self.eval_idx:
@@ -424,8 +425,3 @@ class RTDETRFDRDecoder(RTDETRDecoder):
                     break
             prev_corners, prev_x, ref = corners, x.detach(), boxes.detach()
         return torch.stack(out_boxes), torch.stack(out_scores)
-
-
-def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    x = x.clip(min=0.0, max=1.0)
-    return torch.log(x.clip(min=eps) / (1 - x).clip(min=eps))
