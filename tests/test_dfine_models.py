@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import randomise_bn
 
+TINY_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu", "plots": False}  # one tiny epoch
 ZOO = [
     "dfine-n.yaml",
     "dfine-s.yaml",
@@ -135,17 +136,7 @@ def test_yolo_train_and_val_on_the_generated_set(tiny_data, tmp_path):
     from ultralytics import RTDETR
 
     model = RTDETR("dfine-n.yaml")
-    model.train(
-        data=tiny_data,
-        epochs=1,
-        imgsz=64,
-        batch=4,
-        workers=0,
-        device="cpu",
-        project=str(tmp_path),
-        name="t",
-        plots=False,
-    )
+    model.train(data=tiny_data, project=str(tmp_path), name="t", **TINY_TRAIN)
     results = (tmp_path / "t" / "results.csv").read_text().splitlines()
     assert len(results) == 2 and "val/giou_loss" in results[0]
     assert np.isfinite([float(v) for v in results[1].split(",")[1:]]).all()
@@ -281,9 +272,8 @@ def test_yolo_benchmark_runs_a_dfine_family_model(tmp_path, tiny_data, monkeypat
     monkeypatch.chdir(tmp_path)  # the benchmark appends to ./benchmarks.log
     torch.manual_seed(0)
     RTDETR("deimv2-atto.yaml").train(
-        data=tiny_data, epochs=1, imgsz=64, batch=4, workers=0, device="cpu", project=str(tmp_path), name="t",
-        plots=False, val=False, verbose=False, amp=False,
-    )  # fmt: skip
+        data=tiny_data, project=str(tmp_path), name="t", val=False, verbose=False, amp=False, **TINY_TRAIN
+    )
     weights = tmp_path / "t" / "weights" / "last.pt"
     rows = {}
     for fmt in ("-", "onnx"):
@@ -327,22 +317,11 @@ def test_training_starts_from_an_official_file_with_pretrained(converted, tiny_d
 
     source = converted.with_suffix(".pth")  # the official-layout file the fixture converted
     trained = RTDETR("dfine-n.yaml")
+    # learning rate 0: the weights stay as loaded, so the checkpoint shows what was loaded
     trained.train(
-        data=tiny_data,
-        epochs=1,
-        imgsz=64,
-        batch=4,
-        workers=0,
-        device="cpu",
-        project=str(tmp_path),
-        name="p",
-        plots=False,
-        val=False,
-        pretrained=str(source),
-        optimizer="SGD",
-        lr0=0.0,
-        warmup_bias_lr=0.0,
-    )  # fmt: skip  (learning rate 0: the weights stay as loaded, so the checkpoint shows what was loaded)
+        data=tiny_data, project=str(tmp_path), name="p", val=False, pretrained=str(source), optimizer="SGD", lr0=0.0,
+        warmup_bias_lr=0.0, **TINY_TRAIN,
+    )  # fmt: skip
     official = RTDETR(str(converted)).model.state_dict()
     ckpt = torch.load(tmp_path / "p" / "weights" / "last.pt", weights_only=False)
     got = (ckpt.get("ema") or ckpt["model"]).float().state_dict()  # a finished run keeps the EMA as "model"
