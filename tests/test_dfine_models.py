@@ -1,6 +1,6 @@
 """The D-FINE family's blocks in the stock engine: YAMLs build with inferred channels, the head works after any
-encoder (EfficientViT included), trains with the stock RT-DETR loss, fuses exactly, and exports to ONNX / OpenVINO with
-the PyTorch outputs."""
+encoder (EfficientViT included), trains with its own criterion (tests/test_training_loss.py), fuses exactly, and
+exports to ONNX / OpenVINO with the PyTorch outputs."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ back and removes every added name.
 
 What the replacements do lives in their own files: ``parser_patch`` (channels), ``yaml_rows`` (row checks, unknown
 names, per-scale and path args), ``layer_errors`` (every build error names its row), ``scales`` (scale letters),
-``data_names`` (bare data-set names), ``norms`` (the YAML's BatchNorm settings), ``fusing`` and ``safe_load``.
+``data_names`` (bare data-set names), ``norms`` (the YAML's BatchNorm settings), ``rtdetr_loss`` (the YAML's
+``criterion:``), ``fusing`` and ``safe_load``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from .layer_errors import wrap_forward, wrap_model_init, wrap_parse_model
     from .loading import wrap_load_checkpoint, wrap_model_load
     from .norms import wrap_initialize_weights
+    from .rtdetr_loss import wrap_rtdetr_loss
     from .safe_load import host_form, wrap_loading, wrap_torch_load
     from .scales import wrap_yaml_model_load
     from .yaml_rows import prepare
@@ -96,6 +98,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (tasks.DetectionModel, "__init__", wrap_model_init(tasks.DetectionModel.__init__, predict_once)),
         (tasks.BaseModel, "_predict_once", wrap_forward(tasks.BaseModel.__dict__["_predict_once"])),
         (tasks.RTDETRDetectionModel, "predict", wrap_forward(tasks.RTDETRDetectionModel.__dict__["predict"])),
+        (tasks.RTDETRDetectionModel, "loss", wrap_rtdetr_loss(tasks.RTDETRDetectionModel.__dict__["loss"])),
         (tasks, "initialize_weights", wrap_initialize_weights(tasks.initialize_weights)),
         (tasks, "load_checkpoint", load_ckpt),
         (unn, "load_checkpoint", load_ckpt),

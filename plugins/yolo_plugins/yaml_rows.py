@@ -1,6 +1,7 @@
 """What the hooked parser does to a model YAML's rows before the host's ``parse_model`` sees them (``prepare``).
 
 * ``check_rows``: every row is ``[from, repeats, module, args]`` with a list of args, else a layer error;
+* ``check_criterion``: a ``criterion:`` key names a loss the model's head trains with (``rtdetr_loss``);
 * ``check_from``: every ``from`` reads earlier layers (or the input, for row 0), else an error listing those it can;
 * ``check_names``: unknown module names fail together, each with its layer index and the closest known names;
 * ``per_scale_args``: an argument written as ``{n: a, s: b}`` becomes the value for the model's scale;
@@ -17,6 +18,7 @@ from typing import Callable
 from . import registry
 from .errors import LayerError, LayerIndexError, UnknownModuleError
 from .fork_yaml import SLOTS, looks_like_fork, translate
+from .rtdetr_loss import check as check_criterion
 
 
 def prepare(d: dict, namespace: dict) -> dict:
@@ -25,6 +27,7 @@ def prepare(d: dict, namespace: dict) -> dict:
     A fork-style YAML (see ``fork_yaml``) is translated to native rows first, keeping the fork's layer numbering.
     """
     check_rows(d)
+    check_criterion(d, namespace)
     if not looks_like_fork(d, namespace):
         check_names(d, namespace)
         check_from(d)

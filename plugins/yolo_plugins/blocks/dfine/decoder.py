@@ -26,9 +26,10 @@ It subclasses ``RTDETRDecoder`` so that Ultralytics' model, predictor, validator
 ``RTDETRFDRDecoder`` (YAML name ``FDRDecoder``): Ultralytics sends a ``.pt`` or exported model to its RT-DETR
 predictor and validator when the head's class name contains "RTDETR" (``YOLO("any-name.pt")``, ``yolo benchmark``).
 Its output is the host's: ``(y, raw)`` in eval (``y`` = (B, k, 6) ``[cx, cy, w, h, score, class]``), ``y`` alone
-when exported, and in training the five tensors the stock RT-DETR loss takes (every layer's boxes and scores, the
-encoder's top-k, the denoising meta). Parameter names follow the official ``DFINETransformer`` so released
-checkpoints map by prefix.
+when exported, and in training the five tensors of the stock RT-DETR loss (every layer's boxes and scores, the
+encoder's top-k, the denoising meta) and a dict of what its own criterion adds (``criterion.FDRCriterion``: bin
+logits, reference boxes, the first layer's pre-refinement output). Parameter names follow the official
+``DFINETransformer`` so released checkpoints map by prefix.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ultralytics.nn.modules.head import RTDETRDecoder
 from ultralytics.nn.modules.utils import inverse_sigmoid
 
 from ...registry import register
+from .criterion import FDRCriterion
 from .distribution import distance2bbox, integral, weighting_function
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -336,6 +338,28 @@ class RTDETRFDRDecoder(RTDETRDecoder):
         self.dec_bbox_head = nn.ModuleList(box_head or MLP(hd, hd, 4 * (reg_max + 1), 3, mlp_act) for _ in range(ndl))
         self._reset_parameters()
 
+    CRITERIA = ("dfine", "deim")  # ``criterion:`` values this head trains with (``rtdetr_loss``); first: default
+
+    def build_criterion(self, name: str, nc: int) -> FDRCriterion:
+        """The family's criterion: ``dfine`` with the varifocal loss, ``deim`` with DEIM's MAL."""
+        return FDRCriterion(nc, self.reg_max, cls="mal" if name == "deim" else "vfl")
+
+    @staticmethod
+    def criterion_inputs(preds: tuple) -> dict:
+        """``FDRCriterion``'s input from this head's output: training (six items) or validation (``raw``, five)."""
+        boxes, logits, enc_boxes, enc_logits, dn_meta = preds[:5]
+        extra = dict(preds[5]) if len(preds) > 5 else {}
+        out = {"boxes": boxes, "logits": logits, "dn_meta": dn_meta, **extra}
+        if len(preds) > 5:
+            out.update(enc_boxes=enc_boxes, enc_logits=enc_logits)
+        if dn_meta is None:
+            return out
+        split = dn_meta["dn_num_split"]
+        for key, dim in (("boxes", 2), ("logits", 2), ("corners", 2), ("refs", 1), ("pre_boxes", 1), ("pre_logits", 1)):
+            if key in out:
+                out[f"dn_{key}"], out[key] = torch.split(out[key], split, dim=dim)
+        return out
+
     def _reset_parameters(self) -> None:
         from ultralytics.nn.modules.utils import bias_init_with_prob
 
@@ -359,7 +383,7 @@ class RTDETRFDRDecoder(RTDETRDecoder):
 
     def forward(self, x: list[torch.Tensor], batch: dict | None = None) -> tuple | torch.Tensor:
         """Inference: ``(y, raw)`` (``y`` alone when exported) as ``RTDETRDecoder``; training: the five tensors of the
-        stock RT-DETR loss."""
+        stock RT-DETR loss and the criterion's extras (``_decode``)."""
         from ultralytics.models.utils.ops import get_cdn_group
 
         feats, shapes = self._get_encoder_input(x)
@@ -374,12 +398,12 @@ class RTDETRFDRDecoder(RTDETRDecoder):
             self.training,
         )
         embed, refer_bbox, enc_bboxes, enc_scores = self._get_decoder_input(feats, shapes, dn_embed, dn_bbox)
-        dec_bboxes, dec_scores = self._decode(embed, refer_bbox, feats, shapes, attn_mask)
+        dec_bboxes, dec_scores, extra = self._decode(embed, refer_bbox, feats, shapes, attn_mask)
         if self.training and dn_meta is None:  # keep the denoising embedding in the graph (DDP) without targets
             dec_bboxes = dec_bboxes + 0 * self.denoising_class_embed.weight.sum()
+        if self.training:  # what the family's criterion needs besides the stock five (``criterion.FDRCriterion``)
+            return dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta, extra
         raw = dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta
-        if self.training:
-            return raw
         y = self._detections(dec_bboxes.squeeze(0), dec_scores.squeeze(0).sigmoid())
         return y if self.export else (y, raw)
 
@@ -396,9 +420,10 @@ class RTDETRFDRDecoder(RTDETRDecoder):
         memory: torch.Tensor,
         shapes: list[list[int]],
         attn_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Run the decoder layers; (layers, B, N, 4) boxes and (layers, B, N, nc) logits of every layer in training,
-        of the ``eval_idx`` layer in eval."""
+        of the ``eval_idx`` layer in eval; in training also every layer's bin logits (``corners``) and reference boxes
+        (``refs``) and the first layer's pre-refinement boxes and logits (``pre_boxes``, ``pre_logits``)."""
         b = memory.shape[0]
         heads = self.nhead
         split = [h * w for h, w in shapes]
@@ -406,7 +431,8 @@ class RTDETRFDRDecoder(RTDETRDecoder):
         values = [v.reshape(b * heads, -1, h, w) for v, (h, w) in zip(value.split(split, -1), shapes)]
         project = weighting_function(self.reg_max, self.up, self.reg_scale)
         ref = refer_bbox.sigmoid()
-        out_boxes, out_scores = [], []
+        out_boxes, out_scores, out_corners = [], [], []
+        extra: dict = {}
         x, prev_x, prev_corners, initial = target, 0, 0, None
         pos = self.query_pos_head(ref).clamp(min=-10, max=10)
         for i, layer in enumerate(self.decoder.layers):
@@ -414,14 +440,20 @@ class RTDETRFDRDecoder(RTDETRDecoder):
                 pos = self.query_pos_head(ref).clamp(min=-10, max=10)
             x = layer(x, ref, values, shapes, attn_mask, pos)
             if i == 0:  # the reference box every layer's distances are measured from
-                initial = torch.sigmoid(self.pre_bbox_head(x) + inverse_sigmoid(ref)).detach()
+                pre = torch.sigmoid(self.pre_bbox_head(x) + inverse_sigmoid(ref))
+                initial = pre.detach()
+                if self.training:
+                    extra.update(pre_boxes=pre, pre_logits=self.dec_score_head[0](x), refs=initial)
             corners = self.dec_bbox_head[i](x + prev_x) + prev_corners
             boxes = distance2bbox(initial, integral(corners, project), self.reg_scale)
             if self.training or i == self.eval_idx:
                 scores = self.decoder.lqe_layers[i](self.dec_score_head[i](x), corners)
                 out_boxes.append(boxes)
                 out_scores.append(scores)
+                out_corners.append(corners)
                 if not self.training:
                     break
             prev_corners, prev_x, ref = corners, x.detach(), boxes.detach()
-        return torch.stack(out_boxes), torch.stack(out_scores)
+        if self.training:
+            extra.update(corners=torch.stack(out_corners), up=self.up, reg_scale=self.reg_scale)
+        return torch.stack(out_boxes), torch.stack(out_scores), extra

@@ -1,0 +1,123 @@
+"""``criterion:`` in a model YAML: which loss an RT-DETR model trains with in Ultralytics' trainer.
+
+``RTDETRDetectionModel.loss`` is wrapped (one row of ``hook.patches``). A model without the key trains exactly as
+before, except that a head which brings its own criterion (a head class with ``CRITERIA`` and ``build_criterion``,
+e.g. ``FDRDecoder``) always trains with it. Values:
+
+* ``rtdetr``: Ultralytics' RT-DETR loss (varifocal classification, L1 + GIoU, every layer matched on its own).
+* ``deim``: DEIM's matchability-aware loss (MAL, gamma 1.5) in place of the varifocal one; on ``RTDETRDecoder``
+  (the default model, ``rtdetr-l``) the stock loss with MAL, on ``FDRDecoder`` the D-FINE criterion with MAL.
+* ``dfine``: the D-FINE criterion with the varifocal loss (``FDRDecoder`` only).
+
+DEIM's other half, dense one-to-one matching, is data: mosaic and mix-up for the early epochs, off at the end. That
+is Ultralytics' ``mosaic=``, ``mixup=`` and ``close_mosaic=`` (docs/training-deim.md). The value is checked when the
+model is built (``check``), so a wrong one fails before the first epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+CRITERIA = ("rtdetr", "deim", "dfine")
+STOCK_HEAD_CRITERIA = ("rtdetr", "deim")
+
+
+def mal(logits: torch.Tensor, quality: torch.Tensor, target: torch.Tensor, gamma: float = 1.5) -> torch.Tensor:
+    """DEIM's matchability-aware loss, summed over queries and classes and averaged over queries (per image).
+
+    ``quality``: the matched box's IoU at its class (0 elsewhere); ``target``: 1 at the matched class. Matched queries
+    learn ``IoU**gamma`` at full weight, so low-IoU matches still count; the rest learn 0 with weight ``p**gamma``.
+    """
+    logits = logits.float()
+    weight = logits.detach().sigmoid().pow(gamma) * (1 - target) + target
+    loss = F.binary_cross_entropy_with_logits(logits, quality.float().pow(gamma), weight=weight, reduction="none")
+    return loss.mean(1).sum()
+
+
+def stock_mal_loss(nc: int) -> Any:
+    """Ultralytics' RT-DETR loss with MAL as its classification term (same names, gains and matching)."""
+    from ultralytics.models.utils.loss import RTDETRDetectionLoss
+
+    class RTDETRMALLoss(RTDETRDetectionLoss):
+        def _get_loss_class(self, pred_scores, targets, gt_scores, num_gts, postfix=""):
+            bs, nq = pred_scores.shape[:2]
+            one_hot = torch.zeros((bs, nq, self.nc + 1), dtype=torch.int64, device=targets.device)
+            one_hot.scatter_(2, targets.unsqueeze(-1), 1)
+            one_hot = one_hot[..., :-1].float()
+            quality = gt_scores.view(bs, nq, 1) * one_hot
+            loss = mal(pred_scores, quality, one_hot) / (max(num_gts, 1) / nq)
+            return {f"loss_class{postfix}": loss.squeeze() * self.loss_gain["class"]}
+
+    return RTDETRMALLoss(nc=nc, use_vfl=True)
+
+
+def head_criteria(head_cls: type) -> tuple[str, ...] | None:
+    """The ``criterion:`` values an RT-DETR head class accepts (first: its default); None for a non-RT-DETR head."""
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    if not (isinstance(head_cls, type) and issubclass(head_cls, RTDETRDecoder)):
+        return None
+    return tuple(getattr(head_cls, "CRITERIA", STOCK_HEAD_CRITERIA))
+
+
+def check(d: dict, namespace: dict) -> None:
+    """Refuse a model dict's ``criterion:`` that its head cannot train with, naming the value, the head and the fix."""
+    value = d.get("criterion")
+    if value is None:
+        return
+    if value not in CRITERIA:
+        raise ValueError(f"model YAML: criterion must be one of {', '.join(CRITERIA)}, got {value!r}")
+    rows = list(d.get("backbone") or []) + list(d.get("head") or [])
+    name = rows[-1][2] if rows and isinstance(rows[-1], (list, tuple)) and len(rows[-1]) > 2 else None
+    accepted = head_criteria(namespace.get(name) if isinstance(name, str) else None)
+    if accepted is None:
+        raise ValueError(
+            f"model YAML: criterion: {value} trains RT-DETR heads (RTDETRDecoder, FDRDecoder); the last layer "
+            f"({len(rows) - 1}, {name}) is not one: remove the criterion key"
+        )
+    if value not in accepted:
+        raise ValueError(
+            f"model YAML: criterion: {value} does not apply to {name} (layer {len(rows) - 1}); use one of "
+            f"{', '.join(accepted)}"
+        )
+
+
+def chosen(model: Any) -> str:
+    """The criterion ``model`` trains with: its YAML's ``criterion:``, else its head's default, else ``rtdetr``."""
+    value = (getattr(model, "yaml", None) or {}).get("criterion")
+    return value or (head_criteria(type(model.model[-1])) or STOCK_HEAD_CRITERIA)[0]
+
+
+def wrap_rtdetr_loss(original: Callable) -> Callable:
+    """``RTDETRDetectionModel.loss`` that trains with the model's ``criterion:`` (stock when nothing is chosen)."""
+
+    @functools.wraps(original)
+    def loss(self, batch: dict, preds: Any = None) -> Any:
+        head = self.model[-1]
+        name = chosen(self)
+        own = hasattr(head, "build_criterion")
+        if not own and name == "rtdetr":
+            return original(self, batch, preds)
+        if getattr(self, "criterion", None) is None or getattr(self, "_criterion_name", None) != name:
+            self.criterion = head.build_criterion(name, head.nc) if own else stock_mal_loss(head.nc)
+            self._criterion_name = name
+        if not own:  # the stock computation with MAL as its classification term
+            return original(self, batch, preds)
+        img = batch["img"]
+        batch_idx = batch["batch_idx"]
+        targets = {
+            "cls": batch["cls"].to(img.device, dtype=torch.long).view(-1),
+            "bboxes": batch["bboxes"].to(device=img.device),
+            "batch_idx": batch_idx.to(img.device, dtype=torch.long).view(-1),
+            "gt_groups": [(batch_idx == i).sum().item() for i in range(img.shape[0])],
+        }
+        if preds is None:
+            preds = self.predict(img, batch=targets)
+        out = head.criterion_inputs(preds if self.training else preds[1])
+        return self.criterion(out, targets)
+
+    return loss
