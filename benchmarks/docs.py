@@ -15,6 +15,10 @@ benchmark scripts wrote (each with its command, date, CPU, load and versions in 
 - ``speed``: every model of :data:`SPEED`, median ms and ratio per runtime at 640 and 320 px, under a line saying
   when, where and how it was measured (from the ``.md`` beside the CSV).
 
+Outside those blocks a number that reads as a measurement (ms, a ``0.62x`` ratio, %, minutes, an AP or mAP value)
+must stand in a paragraph (or table row) that links a file under ``docs/benchmarks/`` holding that number
+(:func:`unsourced`); ``check`` reports both kinds of drift.
+
 Nothing here measures anything; a newer speed run is taken up by pointing :data:`SPEED` at its CSV.
 """
 
@@ -92,7 +96,7 @@ def speed_header(path: Path = SPEED) -> dict[str, str]:
     """The header lines (``- key: value``) of the ``.md`` that ``speed.py`` wrote beside its CSV."""
     out = {}
     for line in path.with_suffix(".md").read_text(encoding="utf-8").splitlines():
-        m = re.match(r"- (\w[\w ]*): (.*)", line)
+        m = re.match(r"- ([^:`]+): (.*)", line)
         if m:
             out[m.group(1)] = m.group(2)
     return out
@@ -203,20 +207,31 @@ def speed_block() -> str:
                 cells.append(f"{float(r['median_ms']):.1f} ({float(r['ratio_to_' + BASELINE]):.2f}x)" if ok else "-")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     md = rel(SPEED.with_suffix(".md"))
-    lines = [
-        f"Median ms (ratio to `{BASELINE}` in the same runtime and size), batch 1, float32, random weights "
-        "(untied), 80 classes. Measured "
-        + h["command"].split("` (")[-1].rstrip(")")
-        + f" on {h.get('machine', 'a machine not recorded')}, load average {load_range(h)}; "
-        + (h.get("settings", "settings not recorded"))
-        + f"; {h.get('versions', 'versions not recorded')}. Command and per-phase load: [{md}]({md}).",
+    command = h.get("command", "")
+    built = "" if ".pt" in command else ", models built from YAML (random weights, untied as `speed.py` does)"
+    head = [
+        f"Median ms (ratio to `{BASELINE}` in the same runtime and size), batch 1, float32{built}.",
         "",
-        *lines,
+        f"- measured: {command.split('` (')[-1].rstrip(')')} on {h.get('machine', 'a machine not recorded')}, "
+        f"load average (1 min) {load_range(h)}",
+        f"- settings: {h.get('settings', 'not recorded')}",
+        f"- versions: {h.get('versions', 'not recorded')}",
+        f"- command and per-phase load: [{md}]({md})",
     ]
-    return "\n".join(lines)
+    if any(n.endswith("-host-forms") for n in names):
+        head.append("- `NAME-host-forms`: the same model fused without the plugin's deploy forms (the host's modules)")
+    return "\n".join([*head, "", *lines])
 
 
 BLOCKS = {"models": models_block, "speed": speed_block}
+# what reads as a measurement: a value with a unit of time or a ratio, a percentage, or an AP / mAP value
+MEASUREMENT = re.compile(
+    r"(?<![\w.])(\d+(?:\.\d+)?)\s?(?:ms\b|x\b|%|minutes?\b|min\b)"
+    r"|\b(?:mAP50(?:-95)?|AP)\b[^\d\n|]{0,16}?(\d+\.\d+)"
+    r"|(?<![\w.])(\d+\.\d+)\s?(?:/\s?\d+\.\d+\s?)?(?:mAP|AP)\b"
+)
+DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w.]*\d)")
+SOURCE = re.compile(r"\]\((docs/benchmarks/[^)#\s]+)")
 
 
 def render(text: str) -> str:
@@ -239,17 +254,68 @@ def blocks(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(pattern, text, flags=re.DOTALL)}
 
 
+def units(text: str) -> list[tuple[int, str]]:
+    """``text`` outside the generated blocks, as (first line number, unit): a table row, or a paragraph of prose."""
+    for name in BLOCKS:
+        begin = BEGIN.format(name=name)
+        if begin in text and END in text.split(begin, 1)[1]:
+            head, rest = text.split(begin, 1)
+            body, tail = rest.split(END, 1)
+            text = head + "\n" * body.count("\n") + tail  # keep the line numbers
+    out, para, start = [], [], 0
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("|"):
+            out.append((i, line))
+        elif line.strip():
+            if not para:
+                start = i
+            para.append(line)
+            continue
+        if para:
+            out.append((start, "\n".join(para)))
+            para = []
+    if para:
+        out.append((start, "\n".join(para)))
+    return out
+
+
+def unsourced(text: str, root: Path = ROOT) -> list[str]:
+    """Measurements outside the generated blocks whose paragraph links no ``docs/benchmarks/`` file that holds them."""
+    problems = []
+    for lineno, unit in units(text):
+        numbers = [next(g for g in m.groups() if g) for m in MEASUREMENT.finditer(unit)]
+        if not numbers:
+            continue
+        # where one measurement stands, every decimal beside it is read as one too ("0.751 OpenVINO INT8, 0.752 ...")
+        numbers = list(dict.fromkeys(numbers + DECIMAL.findall(unit)))
+        sources = SOURCE.findall(unit)
+        texts = [(root / s).read_text(encoding="utf-8") for s in sources if (root / s).is_file()]
+        for n in numbers:
+            if not sources:
+                problems.append(
+                    f"line {lineno}: {n} reads as a measurement, but its paragraph links no docs/benchmarks/ file"
+                )
+            elif not any(re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", t) for t in texts):
+                problems.append(f"line {lineno}: {n} is in none of {', '.join(sources)}")
+    return problems
+
+
 def main(argv: list[str]) -> int:
     text = README.read_text(encoding="utf-8")
     new = render(text)
     if argv[:1] == ["check"]:
+        status = 0
         if new != text:
             old, want = blocks(text), blocks(new)
             stale = [n for n in want if old.get(n) != want[n]]
             print(f"README.md is out of date in block(s) {', '.join(stale)}: run python benchmarks/docs.py")
-            return 1
-        print("README.md's generated blocks match docs/benchmarks/")
-        return 0
+            status = 1
+        for problem in unsourced(text):
+            print(f"README.md {problem}")
+            status = 1
+        if not status:
+            print("README.md's generated blocks match docs/benchmarks/, and every other measurement links its file")
+        return status
     if new != text:
         README.write_text(new, encoding="utf-8")
         print("README.md rewritten")
