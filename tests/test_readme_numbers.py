@@ -123,3 +123,29 @@ def test_check_command_exits_nonzero_on_a_stale_readme(tmp_path, monkeypatch):
 def test_readme_keeps_the_ci_test_command():
     text = README.read_text(encoding="utf-8")
     assert 'pip install -e ".[test]"' in text and "python -m pytest -q" in text
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"#+ (.*)", line)
+        if m:
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_links_of_the_readme_and_docs_resolve():
+    """Every relative link of README.md and docs/ names an existing file (and heading): nothing moved left a hole."""
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path) if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
