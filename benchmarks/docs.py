@@ -34,6 +34,7 @@ README = ROOT / "README.md"
 CFG = ROOT / "cfg" / "models"
 ZOO = ROOT / "docs" / "benchmarks" / "zoo-table.md"
 SPEED = ROOT / "docs" / "benchmarks" / "speed" / "small-detrs" / "speed.csv"
+OLDER_SPEED = ROOT / "docs" / "benchmarks" / "speed" / "speed.md"  # every zoo n model, against yolov10n
 BASELINE = "yolo26n"
 STOCK = ("yolo26n", "yolov10n")  # the stock CPU references of the models table
 RUNTIMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -180,12 +181,15 @@ def models_block() -> str:
     h, md = speed_header(), rel(SPEED.with_suffix(".md"))
     when = h["command"].split("` (")[-1].rstrip(")")
     machine = h.get("machine", "machine not recorded").split(",")[0]
+    older = speed_header(OLDER_SPEED)["command"].split("` (")[-1].rstrip(")").split(" ")[0]
     lines += [
         "",
         "Params and GFLOPs: the fused model (what inference and export run), Ultralytics' counter "
         f"([{rel(ZOO)}]({rel(ZOO)}); every scale there). AP: COCO val2017 as the models' authors published it, from "
-        f"each YAML's header (not measured here). CPU: median latency over `{BASELINE}`'s in the same runtime, "
-        f"batch 1, float32, {machine}, {when} ([{md}]({md})); `-`: not timed in that run.",
+        f"each YAML's header (not measured here; `v2`: the RT-DETRv2 checkpoint the same YAML loads). CPU: median "
+        f"latency over `{BASELINE}`'s in the same runtime (below 1.00x: faster), batch 1, float32, {machine}, {when} "
+        f"([{md}]({md})); `-`: not timed in that run. The other zoo `n` models were last timed against `yolov10n` "
+        f"on {older} ([{rel(OLDER_SPEED)}]({rel(OLDER_SPEED)})).",
     ]
     return "\n".join(lines)
 
