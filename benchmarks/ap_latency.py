@@ -1,13 +1,14 @@
 """Where the COCO-pretrained small detectors stand: published COCO AP against CPU latency measured here.
 
-    python benchmarks/ap_latency.py speed=docs/speed/speed.csv          # docs/speed/ap-latency-640.md and .png
-    python benchmarks/ap_latency.py speed=docs/speed/speed.csv imgsz=640 out=docs/speed
+    python benchmarks/ap_latency.py        # docs/benchmarks/speed/small-detrs/speed.csv -> ap-latency-640.md, .png
+    python benchmarks/ap_latency.py speed=docs/benchmarks/speed/small-detrs/speed.csv imgsz=320 out=/tmp/ap
 
 Reads a ``benchmarks/speed.py`` CSV (latency per model, runtime and size, with its ratio to the baseline) and joins
 it with each model's published COCO val2017 AP (``PUBLISHED`` below, from the models' own papers and releases, not
-measured here: the plugin reproduces the official outputs, see docs/official/parity.md) and the params and GFLOPs of
-the fused model counted here (Ultralytics' counter at ``imgsz``). Writes a Markdown table and a plot (AP against
-latency, one panel per runtime). DEIMv2-Atto and -Femto were published at 320 and 416 px; their AP is marked so.
+measured here: the plugin reproduces the official outputs, see docs/benchmarks/official/parity.md) and the params
+and GFLOPs of the fused model counted here (Ultralytics' counter at ``imgsz``). Writes a Markdown table and a plot
+(AP against latency, one panel per runtime). DEIMv2-Atto and -Femto were published at 320 and 416 px;
+their AP is marked so.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def plot(speed: dict, baseline: str, imgsz: int, path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    speed_csv = Path(opts.get("speed", ROOT / "docs" / "speed" / "speed.csv"))
+    speed_csv = Path(opts.get("speed", ROOT / "docs" / "benchmarks" / "speed" / "small-detrs" / "speed.csv"))
     imgsz = int(opts.get("imgsz", 640))
-    out = Path(opts.get("out", ROOT / "docs" / "speed"))
+    out = Path(opts.get("out", speed_csv.parent))
     speed, baseline = read_speed(speed_csv, imgsz)
     command = "python benchmarks/ap_latency.py" + "".join(f" {a}" for a in argv)
     lines = [
@@ -93,7 +94,7 @@ def main(argv: list[str]) -> int:
         " for the command, machine, load and versions); ratio: median over the median of "
         f"`{baseline}` in the same runtime and size",
         "- AP: COCO val2017 as published by each model's authors (not measured here); the zoo models compute the "
-        "official models' outputs (docs/official/parity.md)",
+        "official models' outputs (docs/benchmarks/official/parity.md)",
         "",
         "| model | AP (published) | params (M) | GFLOPs | "
         + " | ".join(f"{t} ms (ratio)" for t in RUNTIMES.values())

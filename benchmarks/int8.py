@@ -23,7 +23,7 @@ without the plugin's deploy forms (as in ``speed.py``), for the forms' gain in o
 
 ``accuracy=False`` or ``latency=False`` skip a part; ``name=int8`` names the files written.
 
-Writes ``int8.md`` and ``int8.csv`` to ``out=benchmarks/results``.
+Writes ``NAME.md`` and ``NAME.csv`` (``name=int8``) to ``out=docs/benchmarks/int8``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from speed import RUNTIMES, call, cpu_model, fmt_load, forms, nproc, split, split_host, subprocess_env, typed_args
+from speed import (
+    RUNTIMES,
+    call,
+    cpu_model,
+    fmt_load,
+    forms,
+    nproc,
+    split,
+    split_host,
+    subprocess_env,
+    typed_args,
+    versions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEARNING = ROOT / "runs" / "learning"
@@ -60,11 +72,18 @@ DEFAULTS: dict[str, Any] = {
     "accuracy": True,  # False: no accuracy table (the latency exports need no trained weights to be timed)
     "latency": True,  # False: no latency tables
     "lat_fraction": 0.1,  # share of the calibration split the latency exports calibrate on (timing only)
-    "out": "benchmarks/results",
+    "out": "docs/benchmarks/int8",  # the docs' measurements live under docs/benchmarks/ (see benchmarks/docs.py)
     "name": "int8",  # writes NAME.md and NAME.csv
 }
 RUNTIME_OF = {"pytorch": "pytorch", "onnx": "onnxruntime", "openvino": "openvino"}
 PRECISIONS = {32: "float32", 8: "INT8"}
+
+
+def package_versions() -> str:
+    """The Python stack the run used, for the report's header (as ``speed.py`` writes it)."""
+    v = versions()
+    v.pop("openvino_default_precision", None)
+    return ", ".join(f"{k} {val}" for k, val in v.items())
 
 
 def label(weights: str) -> str:
@@ -244,6 +263,7 @@ def report(args, argv, weights, formats, sizes, acc, times, errors, phases) -> s
         "",
         f"- command: `{cmd.strip()}` ({time.strftime('%Y-%m-%d %H:%M %Z')})",
         f"- machine: {cpu_model()}, nproc {nproc()}; OpenVINO's default CPU precision here: {default}",
+        f"- versions: {package_versions()}",
         f"- models: {', '.join(f'`{n}` ({w})' for n, w in weights.items())}",
         f"- accuracy: stock validator on `{args['data']}` val at {args['val_imgsz']} px, batch 1; INT8 calibrated on "
         f"the `{args['split']}` split (Ultralytics' exporter: NNCF for OpenVINO, ONNX Runtime static quantization for "

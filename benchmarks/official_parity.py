@@ -1,6 +1,6 @@
 """Output parity of every converted official model with the official code, from the committed fixtures, as Markdown.
 
-    python benchmarks/official_parity.py                         # writes docs/official/parity.md and parity.csv
+    python benchmarks/official_parity.py           # writes docs/benchmarks/official/parity.md and parity.csv
     python benchmarks/official_parity.py out=/tmp/parity
 
 The fixtures (``tests/fixtures/official_rtdetr``, ``tests/fixtures/official_dfine``) hold, per official model, the
@@ -75,7 +75,7 @@ def measure(name: str, folder: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    out = Path(opts.get("out", ROOT / "docs" / "official"))
+    out = Path(opts.get("out", ROOT / "docs" / "benchmarks" / "official"))
     rows = [measure(n, fx.FIXTURES) for n in fx.names()]
     rows += [measure(p.stem, fx.FIXTURES_DFINE) for p in sorted(fx.FIXTURES_DFINE.glob("*.json"))]
     out.mkdir(parents=True, exist_ok=True)

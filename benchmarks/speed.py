@@ -1,7 +1,7 @@
 """CPU latency of the zoo's RT-DETR ``n`` models beside stock references, in PyTorch, ONNX Runtime and OpenVINO.
 
     python benchmarks/speed.py                                   # imgsz=640,320 runs=30 warmup=5 threads=2
-    python benchmarks/speed.py imgsz=640,320 runs=30 threads=2 out=benchmarks/results
+    python benchmarks/speed.py imgsz=640,320 runs=30 threads=2 out=docs/benchmarks/speed/NAME   # a table for the docs
     python benchmarks/speed.py models=my-model.yaml              # one more model beside the zoo and stock ones
     python benchmarks/speed.py imgsz=320 runs=1 warmup=0 zoo=False stock=yolo26n.yaml   # a quick smoke run
     python benchmarks/speed.py imgsz=320 repeats=5 zoo=False models=a.pt,b.pt baseline=b   # a ratio's spread
@@ -79,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "stock": "yolo26n.yaml,yolov10n.yaml,yolo11n.yaml,rtdetr-l.yaml",
     "baseline": "yolo26n",
     "runtimes": ",".join(RUNTIMES),
-    "out": "benchmarks/results",
+    "out": "docs/benchmarks/speed/latest",  # the docs' measurements live under docs/benchmarks/ (benchmarks/docs.py)
     "simplify": True,
     "ov_model": "ir",
     "ov_precision": "f32",

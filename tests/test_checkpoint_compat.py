@@ -2,7 +2,7 @@
 
 ``fixtures/checkpoints/`` holds tiny Ultralytics checkpoints written by an earlier version of the plugin
 (``make_checkpoints.py`` there; never rewritten to make these tests pass) with their recorded outputs. The
-``yolo_plugins`` import paths they pickle are the ones README.md's "Checkpoint compatibility" table promises to keep.
+``yolo_plugins`` import paths they pickle are the ones docs/checkpoint-compatibility.md's table promises to keep.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):  # Ultr
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 NAMES = sorted(p.name.removesuffix(".pt.xz") for p in FIXTURES.glob("*.pt.xz"))
-DOCS = "README.md, section 'Checkpoint compatibility'"
+DOCS = "docs/checkpoint-compatibility.md, section 'Checkpoint compatibility'"
 HOSTS = ("torch.", "ultralytics.", "timm.", "yolo_plugins.")  # every module a plugin checkpoint may reference
 
 
 def documented_paths() -> set[str]:
-    """The import paths of README's "Checkpoint compatibility" table (the first column of its rows)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The import paths of docs/checkpoint-compatibility.md's table (the first column of its rows)."""
+    text = (ROOT / "docs" / "checkpoint-compatibility.md").read_text(encoding="utf-8")
     section = text.split("\n## Checkpoint compatibility\n", 1)[1].split("\n## ", 1)[0]
     return set(re.findall(r"^\| `(yolo_plugins\.[\w.]+)` \|", section, flags=re.MULTILINE))
 
@@ -121,7 +121,7 @@ def assert_outputs(name: str, got: dict[str, torch.Tensor]) -> None:
 
 
 def test_every_plugin_block_is_documented_and_has_a_fixture():
-    """Each block the plugin defines has its import path in the README table; the fixtures are there."""
+    """Each block the plugin defines has its import path in the documented table; the fixtures are there."""
     blocks = {e["class"] for e in yolo_plugins.registered() if e["source"] == "yolo-plugins"}
     blocks = {b for b in blocks if b.startswith("yolo_plugins.")}  # not blocks other tests register
     assert blocks <= documented_paths(), f"plugin blocks missing from {DOCS}: {sorted(blocks - documented_paths())}"
@@ -203,7 +203,7 @@ def test_documented_paths_import_and_the_package_names_are_the_same_classes():
 
 @pytest.mark.parametrize("how", ["renamed", "moved"])
 def test_an_alias_keeps_an_old_path_loadable_restricted(how, tmp_path, monkeypatch):
-    """What README promises for a rename (module-level alias) or a move (shim module) works for restricted loading."""
+    """What the docs promise for a rename (module-level alias) or a move (shim module) works for restricted loading."""
     old_module, old_name = (
         ("yolo_plugins.blocks.pick", "OldPick") if how == "renamed" else ("yolo_plugins.blocks.old_pick", "Pick")
     )
