@@ -231,12 +231,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_rank_ddp_step_averages_plugin_model_gradients(tmp_path):
-    """Two gloo ranks build the plugin model via the hook alone; DDP gives both the mean of their own gradients."""
+@pytest.mark.parametrize("zoo", [ZOO, ZOO.with_name("dfine-effvit.yaml")], ids=["rtdetr-loss", "dfine-criterion"])
+def test_two_rank_ddp_step_averages_plugin_model_gradients(tmp_path, zoo):
+    """Two gloo ranks build the plugin model via the hook alone; DDP gives both the mean of their own gradients
+    (the stock RT-DETR loss, and the D-FINE head's own criterion with its cross-rank box count)."""
     script, out = tmp_path / "ddp_step.py", tmp_path / "result.json"
     script.write_text(textwrap.dedent(STEP_SCRIPT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(ZOO), str(out)]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(zoo), str(out)]
     r = launch(cmd, worker_env(tmp_path, GLOO_SOCKET_IFNAME="lo"), cwd=tmp_path)
     detail = out.read_text() if out.exists() else "no result file"
     assert r.returncode == 0, f"torch.distributed.run failed ({r.returncode}): {detail}\n{r.stdout[-4000:]}"
