@@ -328,9 +328,11 @@ def train(
     minutes = (time.perf_counter() - t) / 60
     row = {"model": model, "seed": seed, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
     results = project / name / "results.csv"
-    if (p.returncode != 0 and not stopped) or not results.exists():
+    if p.returncode != 0 and not stopped:
         return {**row, "error": f"exit {p.returncode}, see {log}"}
-    rows = read_results(results)
+    rows = read_results(results) if results.exists() else []
+    if not rows and not stopped:
+        return {**row, "error": f"no results.csv, see {log}"}
     if not rows:
         return {**row, "error": f"stopped at {limit:g} min before the first epoch ended"}
     planned = int(train_args(model, overrides)["epochs"])

@@ -130,6 +130,13 @@ def test_variant_yaml_adds_criterion_deim_and_keeps_scale_n(tmp_path):
     drop = ("criterion", "yaml_file")
     assert {k: v for k, v in variant.items() if k not in drop} == {k: v for k, v in original.items() if k not in drop}
 
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    def size(yaml_path) -> int:
+        return sum(p.numel() for p in RTDETRDetectionModel(str(yaml_path), nc=1, verbose=False).parameters())
+
+    assert size(path) == size(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")  # the same model, scale n
+
 
 def test_a_missing_model_yaml_stops_before_training(monkeypatch):
     monkeypatch.setitem(learning.MODELS, "later", learning.Spec("cfg/models/not-written-yet.yaml"))
