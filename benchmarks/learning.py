@@ -577,6 +577,8 @@ def utc_now() -> str:
 def main(argv: list[str]) -> None:
     """Run the benchmark for the chosen models and seeds (``jobs`` runs at a time), write the tables and the plot."""
     opts = parse(argv)
+    if not opts.plot_only:
+        check_models(opts.models)  # before anything is written
     project = opts.runs.resolve()
     project.mkdir(parents=True, exist_ok=True)
     out, png = opts.out, opts.out.with_suffix(".png")
@@ -587,7 +589,6 @@ def main(argv: list[str]) -> None:
         drawn = plot(rows, png, opts.minutes, name)
         print(f"plotted {drawn} to {png}")
         return
-    check_models(opts.models)
     meta = {
         "command": shlex.join(["python", "benchmarks/learning.py", *argv]),
         "started": utc_now(),
