@@ -36,8 +36,9 @@ cores. Below the headline: per run final and best mAP50, mAP50-95, wall minutes,
 before and after it, the per-epoch curves and the exact command lines; and a plot of mean val mAP50 against minutes
 with the min-max band over the seeds (a png beside the table).
 
-``out=`` is the Markdown file (default ``docs/benchmarks/learning/<data>-<n>seeds.md``); the runs (weights, logs,
-variant YAMLs) go to ``runs=`` (default ``runs/learning/<out's stem>``, not in git).
+``out=`` is the Markdown file (default ``docs/benchmarks/learning/<data>-<n>seeds.md``, the plot beside it); the
+runs (weights, logs, variant YAMLs) go to ``runs=`` (or ``project=``; default ``runs/learning/<out's stem>``, not in
+git). docs/benchmarks/learning/README.md describes the models and the data sets.
 
 ``jobs=2`` trains two runs at a time (runs are ordered seed by seed, so the models of one seed train side by side):
 on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread and the recipe loads data in the
