@@ -1,45 +1,71 @@
-"""Learning benchmark: time to accuracy on the embedded shapes set, one recipe, the default model beside references.
+"""Learning benchmark: time to accuracy on a small data set, one recipe, the default model beside references.
 
-    python benchmarks/learning.py [models=NAME,...] [seeds=0,1,2] [jobs=2] [limit=MINUTES]
-                                  [out=runs/learning/learning.md] [any yolo train override, e.g. epochs=5]
-    python benchmarks/learning.py plot_only=1   # redraw learning.png from the runs already in runs/learning
+    python benchmarks/learning.py [data=shapes|trees|PATH.yaml] [models=NAME,...] [seeds=0,1,2] [jobs=2]
+                                  [limit=MINUTES] [minutes=5,10,15,30] [out=docs/benchmarks/learning/DATA-3seeds.md]
+                                  [runs=runs/learning/OUT-STEM] [any yolo train override, e.g. epochs=5 fraction=0.2]
+    python benchmarks/learning.py plot_only=1   # redraw the png from the runs already in runs=
 
-``models=`` takes names of ``MODELS`` below (default: every model in it except ``rtdetr-l``, which needs hours).
+    python benchmarks/learning.py data=shapes jobs=2 limit=30   # the full comparison: 5 models x 3 seeds
+    python benchmarks/learning.py data=trees jobs=2 limit=30
+
+``data=``: ``shapes`` (default; the project's generated set, ``shapes.yaml``, generated on first use), ``trees``
+(real aerial tree crowns that the PyPI package deepforest ships, fetched and tiled by ``benchmarks/trees.py`` into
+``datasets/trees`` on first use, then reused) or the path of any Ultralytics data YAML.
+
+``models=`` takes names of ``MODELS`` below (default ``DEFAULT_MODELS``: the default model with and without DEIM's
+training, a D-FINE head on the same backbone, ``yolov10n`` and ``yolo26n``). A model is a ``Spec``: its YAML, the
+``yolo train`` arguments it adds to the recipe and the top-level YAML keys it adds to its YAML (then written as a
+variant beside the runs, ``<runs>/<model>.yaml``, and trained from there). A model whose YAML is missing stops the
+benchmark before any training, naming the file.
 ``seeds=`` trains every model once per seed (Ultralytics' ``seed=``; default three seeds): one seed on one machine
 decides nothing (the order of two models reversed on another CPU with the same seed). Each run is trained with the
-stock ``yolo train`` command in a subprocess (CPU, no network needed: the data set is generated on first use) with
-the same recipe (``RECIPE`` below; overrides on the command line apply to every model).
+stock ``yolo train`` command in a subprocess (CPU) with the same recipe (``RECIPE`` below), then the model's own
+arguments, then the overrides given on the command line (they apply to every model, over the models' own).
 
-The headline is accuracy per CPU minute: val mAP50 at 5, 10, 15 and 30 training minutes (the epoch last finished by
-then; Ultralytics' ``results.csv`` records the minutes since the start of training after each epoch, validation
-included) and the minutes at which val mAP50 first reached 0.3 and 0.5, each as the mean over the seeds with the
-min-max range (a seed that never reached a threshold is counted and shown as not reached; the mean is over the seeds
-that reached it), then the per-epoch means. The table names the CPU model and the load. Every run uses one torch
-thread (Ultralytics' ``cpu_count - 1`` on 2 cores, data loaded in the training process), so a wall minute is a CPU
-minute when ``jobs`` equals the number of cores. Below the headline: per run final and best mAP50, mAP50-95, wall
-minutes, epochs, the machine's load average before and after it, the per-epoch curves and the exact command lines;
-and a plot of mean val mAP50 against minutes with the min-max band over the seeds (``learning.png`` beside the
-table).
+The headline is accuracy per CPU minute: val mAP50 at the ``minutes=`` marks (default 5, 10, 15 and 30 training
+minutes; the epoch last finished by then: Ultralytics' ``results.csv`` records the minutes since the start of
+training after each epoch, validation included) and the minutes at which val mAP50 first reached 0.3 and 0.5, each as
+the mean over the seeds with the min-max range (a seed that never reached a threshold is counted and shown as not
+reached; the mean is over the seeds that reached it). Then, per model, the peak val mAP50 (each seed's best epoch),
+the end-of-training mAP50 (each seed's last epoch) and the minutes to 0.5 as a ratio to ``yolov10n``'s (mean over
+the seeds that reached it), then the per-epoch means. The file starts with the exact command, the date and time
+(UTC), the CPU model and core count, the machine's load before and after and the versions (python, torch,
+ultralytics, timm, the yolo-plugins git commit). Every run uses one torch thread (Ultralytics' ``cpu_count - 1`` on
+2 cores, data loaded in the training process), so a wall minute is a CPU minute when ``jobs`` equals the number of
+cores. Below the headline: per run final and best mAP50, mAP50-95, wall minutes, epochs, the machine's load average
+before and after it, the per-epoch curves and the exact command lines; and a plot of mean val mAP50 against minutes
+with the min-max band over the seeds (a png beside the table).
+
+``out=`` is the Markdown file (default ``docs/benchmarks/learning/<data>-<n>seeds.md``, the plot beside it); the
+runs (weights, logs, variant YAMLs) go to ``runs=`` (or ``project=``; default ``runs/learning/<out's stem>``, not in
+git). docs/benchmarks/learning/README.md describes the models and the data sets.
 
 ``jobs=2`` trains two runs at a time (runs are ordered seed by seed, so the models of one seed train side by side):
 on a 2-core machine Ultralytics trains with ``cpu_count - 1`` = 1 torch thread and the recipe loads data in the
 training process (``workers=0``), so two runs share the machine without slowing each other much. ``jobs=1`` (the
 default) trains one run at a time on the whole machine, as the main job does: ``yolo-plugins main-job ... threads=N``
-with every CPU this process may use (``predict=0``; same recipe, same engine). ``limit=60`` stops
-a run that is still training after 60 minutes; its row then shows the epochs it finished and the validation of the
-last one (the learning-rate schedule is the recipe's, only cut short)."""
+with every CPU this process may use (``predict=0``; same recipe, same engine). ``limit=30`` gives every run the same
+minutes: a run still training after 30 minutes is stopped; its row then shows the epochs it finished and the
+validation of the last one (the learning-rate and augmentation schedules are the recipe's, only cut short: a model
+slower per epoch is stopped further from its last, mosaic-free epochs)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
+import platform
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from speed import cpu_model  # the benchmarks' one CPU-name reader (this folder is on sys.path)
 
@@ -48,16 +74,61 @@ from yolo_plugins.main_job import cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@dataclass(frozen=True)
+class LastEpochs:
+    """A number of epochs given as a fraction of the run's ``epochs`` (at least 1), e.g. for ``close_mosaic``."""
+
+    fraction: float
+
+    def of(self, epochs: int) -> int:
+        return max(1, math.ceil(self.fraction * epochs))
+
+    def __str__(self) -> str:
+        return f"{self.fraction:.0%} of epochs"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One model of the benchmark: its YAML (a repo path or a stock name), the ``yolo train`` arguments it adds to the
+    recipe and the top-level keys it adds to its YAML (a variant file is then written beside the runs)."""
+
+    yaml: str
+    args: dict[str, Any] = field(default_factory=dict)
+    keys: dict[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+    def describe(self) -> str:
+        """The spec in one line, e.g. ``cfg/models/a.yaml + criterion: deim; mosaic=1.0 ...``."""
+        text = self.yaml + "".join(f" + {k}: {v}" for k, v in self.keys.items())
+        if self.args:
+            text += "; " + " ".join(f"{k}={v}" for k, v in self.args.items())
+        return text + (f" ({self.about})" if self.about else "")
+
+
+# DEIM's training (Huang et al., CVPR 2025): its criterion, selected by the YAML key ``criterion: deim``, and its dense
+# one-to-one data schedule (mosaic and mixup make more objects per image, so the one-to-one matching gets more positive
+# samples), expressed with Ultralytics' own arguments: mosaic on every image, mixup on half of them, both off for
+# the last 15% of the epochs (DEIM's last epochs are without these augmentations too). The recipe has mosaic 0.
+DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.15)}
 MODELS = {
-    "rtdetr-effvit": "cfg/models/rtdetr-effvit.yaml",  # the project's default model (scale n)
-    "yolov10-effvit": "cfg/models/yolov10-effvit.yaml",
-    "yolov10n": "yolov10n.yaml",  # stock Ultralytics
-    "rtdetr-l": "rtdetr-l.yaml",  # stock Ultralytics; hours at this recipe, so only when asked for
+    "rtdetr-effvit": Spec("cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n"),
+    "rtdetr-effvit-deim": Spec(
+        "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {"criterion": "deim"}, "the default with DEIM's training"
+    ),
+    "dfine-effvit": Spec("cfg/models/dfine-effvit.yaml", about="the default's backbone and encoder, D-FINE head"),
+    "yolov10n": Spec("yolov10n.yaml", about="stock Ultralytics"),
+    "yolo26n": Spec("yolo26n.yaml", about="stock Ultralytics"),
+    "yolov10-effvit": Spec("cfg/models/yolov10-effvit.yaml"),
+    "rtdetr-l": Spec("rtdetr-l.yaml", about="stock Ultralytics; hours at this recipe"),
 }
-DEFAULT_MODELS = [m for m in MODELS if m != "rtdetr-l"]
+DEFAULT_MODELS = ["rtdetr-effvit", "rtdetr-effvit-deim", "dfine-effvit", "yolov10n", "yolo26n"]
+REFERENCE = "yolov10n"  # minutes to 0.5 mAP50 are also given as a ratio to this model's
 MINUTES = (5, 10, 15, 30)  # val mAP50 reached by these training minutes
 THRESHOLDS = (0.3, 0.5)  # minutes until val mAP50 first reaches these
 SEEDS = (0, 1, 2)
+DATA = {"shapes": "shapes.yaml"}  # and "trees": built by benchmarks/trees.py on first use
+OUT = ROOT / "docs" / "benchmarks" / "learning"
 
 # The learning recipe: the main job's (``yolo_plugins.main_job.RECIPE``: 224 px, batches of 4 with one optimizer
 # step each, AdamW 1e-3, one warm-up epoch, no mosaic; docs/main-job.md says why) for 30 epochs; model and output
@@ -68,10 +139,31 @@ RECIPE = {
 }
 
 
-def parse(argv: list[str]) -> tuple[list[str], list[int], Path, dict[str, str], int, float | None, bool]:
-    """``models=``, ``seeds=``, ``out=``, ``jobs=``, ``limit=``, ``plot_only=`` and yolo overrides (``key=value``)."""
-    models, out, overrides, jobs, limit = list(DEFAULT_MODELS), ROOT / "runs" / "learning" / "learning.md", {}, 1, None
-    plot_only, seeds = False, list(SEEDS)
+class Options(NamedTuple):
+    """The benchmark's arguments (``parse``)."""
+
+    models: list[str]
+    seeds: list[int]
+    out: Path
+    overrides: dict[str, str]
+    jobs: int
+    limit: float | None
+    plot_only: bool
+    data: str = "shapes"
+    minutes: tuple[float, ...] = MINUTES
+    runs: Path | None = None
+
+
+def data_name(data: str) -> str:
+    """``shapes``, ``trees`` or the stem of a data YAML path (used in the default file names)."""
+    return data if data in ("shapes", "trees") else Path(data).stem
+
+
+def parse(argv: list[str]) -> Options:
+    """``data=``, ``models=``, ``seeds=``, ``out=``, ``runs=``, ``jobs=``, ``limit=``, ``minutes=``, ``plot_only=``
+    and yolo overrides (``key=value``)."""
+    models, out, overrides, jobs, limit = list(DEFAULT_MODELS), None, {}, 1, None
+    plot_only, seeds, data, minutes, runs = False, list(SEEDS), "shapes", MINUTES, None
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -90,8 +182,21 @@ def parse(argv: list[str]) -> tuple[list[str], list[int], Path, dict[str, str], 
                 raise SystemExit("seeds= needs at least one seed, e.g. seeds=0,1,2")
         elif key == "seed":
             raise SystemExit("use seeds=... (one or more seeds, e.g. seeds=0 or seeds=0,1,2)")
+        elif key == "data":
+            if not value:
+                raise SystemExit("data= is shapes, trees or the path of a data YAML")
+            data = value
+        elif key == "minutes":
+            try:
+                minutes = tuple(float(v) for v in value.split(",") if v.strip())
+            except ValueError:
+                raise SystemExit(f"minutes must be numbers separated by commas, got {value!r}") from None
+            if not minutes:
+                raise SystemExit("minutes= needs at least one mark, e.g. minutes=5,10,15,30")
         elif key == "out":
             out = Path(value)
+        elif key in ("runs", "project"):
+            runs = Path(value)
         elif key == "jobs":
             jobs = int(value)
         elif key == "limit":
@@ -100,7 +205,71 @@ def parse(argv: list[str]) -> tuple[list[str], list[int], Path, dict[str, str], 
             plot_only = value.lower() not in {"0", "false", "no"}
         else:
             overrides[key] = value
-    return models, seeds, out, overrides, jobs, limit, plot_only
+    if out is None:
+        out = OUT / f"{data_name(data)}-{len(seeds)}seeds.md"
+    runs = runs if runs is not None else ROOT / "runs" / "learning" / out.stem
+    return Options(models, seeds, out, overrides, jobs, limit, plot_only, data, minutes, runs)
+
+
+def data_yaml(data: str) -> str:
+    """The data YAML of ``data=``: ``shapes.yaml``, the trees set (built or reused by ``trees.build``) or the path."""
+    if data == "trees":
+        import trees
+
+        try:
+            return str(trees.build(ROOT / "datasets" / "trees"))
+        except trees.TreesDataError as e:
+            raise SystemExit(str(e)) from None
+    if data in DATA:
+        return DATA[data]
+    path = Path(data)
+    return str(path.resolve()) if path.is_file() else data  # a name Ultralytics resolves (e.g. coco8.yaml) as is
+
+
+def check_models(models: list[str]) -> None:
+    """Stop with the missing files if a model's repo YAML does not exist (stock names are Ultralytics' to find)."""
+    missing = [(m, MODELS[m].yaml) for m in models if "/" in MODELS[m].yaml and not (ROOT / MODELS[m].yaml).is_file()]
+    if missing:
+        others = ",".join(m for m in models if m not in dict(missing))
+        raise SystemExit(
+            "model YAML not found: "
+            + "; ".join(f"{m} needs {ROOT / y}" for m, y in missing)
+            + (f"\nleave it out with models={others}" if others else "")
+        )
+
+
+def model_file(model: str, project: Path) -> str:
+    """The YAML a model trains from: its own, or the variant with its keys (``<project>/<model>.yaml``)."""
+    spec = MODELS[model]
+    return str(project / f"{model}.yaml") if spec.keys else spec.yaml
+
+
+def write_variant(model: str, project: Path) -> Path | None:
+    """Write the variant YAML of a model with keys: its YAML's text with the keys appended. The file is named after
+    the model (e.g. ``rtdetr-effvit-deim.yaml``): not a ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale
+    and the YAML's ``default_scale`` (n for the default model) applies, as for the original."""
+    spec = MODELS[model]
+    if not spec.keys:
+        return None
+    text = (ROOT / spec.yaml).read_text()
+    for key in spec.keys:
+        if re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE):
+            raise SystemExit(f"{spec.yaml} already has a top-level {key}: key; {model} would not change it")
+    path = Path(model_file(model, project))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        text.rstrip("\n")
+        + f"\n\n# benchmarks/learning.py: {model} is {spec.yaml} with these keys added\n"
+        + "".join(f"{k}: {v}\n" for k, v in spec.keys.items())
+    )
+    return path
+
+
+def train_args(model: str, overrides: dict[str, str]) -> dict[str, Any]:
+    """The recipe, then the model's own arguments, then the command line's overrides; ``LastEpochs`` resolved."""
+    args = {**RECIPE, **MODELS[model].args, **overrides}
+    epochs = int(args["epochs"])
+    return {k: v.of(epochs) if isinstance(v, LastEpochs) else v for k, v in args.items()}
 
 
 def run_name(model: str, seed: int) -> str:
@@ -111,11 +280,11 @@ def run_name(model: str, seed: int) -> str:
 def command(model: str, seed: int, project: Path, overrides: dict[str, str], threads: int | None = None) -> list[str]:
     """The command line for one model and seed: ``yolo train`` (Ultralytics' own thread count), or with ``threads``
     the main job's ``yolo-plugins main-job`` with that many torch threads."""
-    args = {**RECIPE, **overrides, "seed": seed}
+    args = {**train_args(model, overrides), "seed": seed}
     head = ["yolo", "train"] if threads is None else ["yolo-plugins", "main-job", "predict=0", f"threads={threads}"]
     return [
         *head,
-        f"model={MODELS[model]}",
+        f"model={model_file(model, project)}",
         *(f"{k}={v}" for k, v in args.items()),
         f"project={project}",
         f"name={run_name(model, seed)}",
@@ -160,12 +329,14 @@ def train(
     minutes = (time.perf_counter() - t) / 60
     row = {"model": model, "seed": seed, "minutes": minutes, "load": f"{before} -> {load()}", "cmd": shlex.join(cmd)}
     results = project / name / "results.csv"
-    if (p.returncode != 0 and not stopped) or not results.exists():
+    if p.returncode != 0 and not stopped:
         return {**row, "error": f"exit {p.returncode}, see {log}"}
-    rows = read_results(results)
+    rows = read_results(results) if results.exists() else []
+    if not rows and not stopped:
+        return {**row, "error": f"no results.csv, see {log}"}
     if not rows:
         return {**row, "error": f"stopped at {limit:g} min before the first epoch ended"}
-    planned = int({**RECIPE, **overrides}["epochs"])
+    planned = int(train_args(model, overrides)["epochs"])
     return {
         **row,
         "epochs": f"{len(rows)} of {planned}, stopped at {limit:g} min" if stopped else str(len(rows)),
@@ -209,14 +380,14 @@ def by_model(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def headline(rows: list[dict]) -> list[str]:
+def headline(rows: list[dict], minutes: tuple[float, ...] = MINUTES) -> list[str]:
     """The time-to-accuracy table over the seeds: mAP50 at equal minutes and minutes to each threshold, as
     ``mean (min-max)``; a seed that did not get there is counted (``2/3 reached``)."""
-    head = [f"mAP50 @{m} min" for m in MINUTES] + [f"min to {t:g}" for t in THRESHOLDS] + ["min/epoch", "seeds"]
+    head = [f"mAP50 @{m:g} min" for m in minutes] + [f"min to {t:g}" for t in THRESHOLDS] + ["min/epoch", "seeds"]
     lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for model, runs in by_model(rows).items():
         cells = []
-        for m in MINUTES:
+        for m in minutes:
             values = [v for r in runs if (v := at_minutes(r["points"], m)) is not None]
             ended = [r for r in runs if r["points"][-1][0] < m]
             note = f" ({len(ended)}/{len(runs)} ended before)" if ended else ""
@@ -235,6 +406,34 @@ def headline(rows: list[dict]) -> list[str]:
     return lines
 
 
+def summary(rows: list[dict], reference: str = REFERENCE, threshold: float = 0.5) -> list[str]:
+    """Per model: peak val mAP50 (each seed's best epoch) and end-of-training val mAP50 (each seed's last epoch) as
+    ``mean (min-max)`` over the seeds, the epochs finished, and the mean minutes to ``threshold`` over the seeds that
+    reached it divided by ``reference``'s (``-`` when either never reached it)."""
+    models = by_model(rows)
+
+    def mean_minutes(runs: list[dict]) -> tuple[float | None, int]:
+        values = [v for r in runs if (v := minutes_to(r["points"], threshold)) is not None]
+        return (statistics.mean(values) if values else None), len(values)
+
+    ref, _ = mean_minutes(models.get(reference, []))
+    lines = [
+        f"| model | peak mAP50 | end-of-training mAP50 | epochs | min to {threshold:g} / {reference}'s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model, runs in models.items():
+        peak = spread([max(m for _, m in r["points"]) for r in runs])
+        end = spread([r["points"][-1][1] for r in runs])
+        epochs = sorted(len(r["points"]) for r in runs)
+        span = str(epochs[0]) if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}"
+        mine, n = mean_minutes(runs)
+        ratio = "-" if mine is None or ref is None else f"{mine / ref:.2f}x"
+        if mine is not None and ref is not None and n < len(runs):
+            ratio += f" ({n}/{len(runs)} reached)"
+        lines.append(f"| {model} | {peak} | {end} | {span} | {ratio} |")
+    return lines
+
+
 def epoch_means(runs: list[dict]) -> list[tuple[float, float, float, float]]:
     """Per epoch reached by every run: (mean minutes, mean mAP50, min mAP50, max mAP50)."""
     n = min(len(r["points"]) for r in runs)
@@ -246,12 +445,56 @@ def epoch_means(runs: list[dict]) -> list[tuple[float, float, float, float]]:
     return out
 
 
-def table(rows: list[dict]) -> str:
-    """The Markdown tables (over the seeds, then per run), the per-epoch means and the command lines."""
-    lines = [
-        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load (1 min average) now {load()}.",
+def versions() -> str:
+    """python, torch, ultralytics, timm and the yolo-plugins git commit (``+ uncommitted changes`` if any)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"python {platform.python_version()}"]
+    for name in ("torch", "ultralytics", "timm"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    try:
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        commit = commit.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "") or "unknown"
+    except OSError:
+        commit = "unknown (no git)"
+    return ", ".join(parts) + f", yolo-plugins {commit}"
+
+
+def header(meta: dict[str, str]) -> list[str]:
+    """The lines that say how the tables were made: command, time (UTC), CPU, load, versions, data, models."""
+    return [
+        f"Command: `{meta['command']}`",
         "",
-        *headline(rows),
+        f"Started {meta['started']}, {meta.get('finished', 'still running')}. CPU: {cpu_model()}, "
+        f"{os.cpu_count()} logical CPUs ({cores()} usable); load (1 min average / CPUs) before {meta['load before']}, "
+        f"after {meta.get('load after', '-')}.",
+        "",
+        f"Versions: {meta['versions']}. Data: {meta['data']}.",
+        "",
+    ]
+
+
+def table(rows: list[dict], minutes: tuple[float, ...] = MINUTES, meta: dict[str, str] | None = None) -> str:
+    """The Markdown tables (over the seeds, then per run), the per-epoch means and the command lines; ``meta``
+    (command, times, load, versions, data) heads the file when given, else a line naming the CPU."""
+    lines = (
+        header(meta)
+        if meta
+        else [f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load (1 min average) now {load()}.", ""]
+    )
+    lines += [
+        *headline(rows, minutes),
+        "",
+        *summary(rows),
+        "",
+        "Models (YAML + keys added; train arguments over the recipe):",
+        "",
+        *(f"- {m}: {MODELS[m].describe()}" for m in dict.fromkeys(r["model"] for r in rows) if m in MODELS),
         "",
         "Val mAP50 per epoch, mean over the seeds (min-max):",
         "",
@@ -294,7 +537,7 @@ def finished_runs(project: Path, seeds: list[int] | None = None) -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> list[str]:
+def plot(rows: list[dict], path: Path, minutes: tuple[float, ...] = MINUTES, data: str = "shapes") -> list[str]:
     """Mean val mAP50 against minutes with the min-max band over the seeds, per model; the models drawn."""
     import matplotlib
 
@@ -304,54 +547,77 @@ def plot(rows: list[dict], path: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = []
     for model, runs in by_model(rows).items():
-        minutes, means, lows, highs = zip(*epoch_means(runs))
-        (line,) = ax.plot(minutes, means, marker=".", label=f"{model} (mean of {len(runs)} seeds)")
+        times, means, lows, highs = zip(*epoch_means(runs))
+        (line,) = ax.plot(times, means, marker=".", label=f"{model} (mean of {len(runs)} seeds)")
         if len(runs) > 1:
-            ax.fill_between(minutes, lows, highs, color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(times, lows, highs, color=line.get_color(), alpha=0.2, lw=0)
         drawn.append(model)
-    for m in MINUTES:
+    for m in minutes:
         ax.axvline(m, color="grey", lw=0.6, ls=":")
     for t in THRESHOLDS:
         ax.axhline(t, color="grey", lw=0.6, ls="--")
     ax.set(
         xlabel="training minutes (wall, including validation; mean over seeds)",
         ylabel="val mAP50 (band: min-max over seeds)",
-        title=f"Learning on shapes — {cpu_model()}",
+        title=f"Learning on {data} — {cpu_model()}",
     )
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if drawn:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
 
 
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def main(argv: list[str]) -> None:
     """Run the benchmark for the chosen models and seeds (``jobs`` runs at a time), write the tables and the plot."""
-    models, seeds, out, overrides, jobs, limit, plot_only = parse(argv)
-    project = out.parent.resolve()
+    opts = parse(argv)
+    if not opts.plot_only:
+        check_models(opts.models)  # before anything is written
+    project = opts.runs.resolve()
     project.mkdir(parents=True, exist_ok=True)
-    if plot_only:
-        drawn = plot([r for r in finished_runs(project, seeds) if r["model"] in models], out.with_suffix(".png"))
-        print(f"plotted {drawn} to {out.with_suffix('.png')}")
+    out, png = opts.out, opts.out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = data_name(opts.data)
+    if opts.plot_only:
+        rows = [r for r in finished_runs(project, opts.seeds) if r["model"] in opts.models]
+        drawn = plot(rows, png, opts.minutes, name)
+        print(f"plotted {drawn} to {png}")
         return
-    runs = [(model, seed) for seed in seeds for model in models]  # the models of one seed side by side
+    meta = {
+        "command": shlex.join(["python", "benchmarks/learning.py", *argv]),
+        "started": utc_now(),
+        "load before": load(),
+        "versions": versions(),
+    }
+    data = data_yaml(opts.data)
+    meta["data"] = f"{name} ({data})"
+    overrides = {"data": data, **opts.overrides}
+    for model in opts.models:
+        write_variant(model, project)
+    runs = [(model, seed) for seed in opts.seeds for model in opts.models]  # the models of one seed side by side
     done: dict[tuple[str, int], dict] = {}
 
     def run(key: tuple[str, int]) -> None:
-        done[key] = train(*key, project, overrides, limit, cores() if jobs == 1 else None)
-        out.write_text(table([done[k] for k in runs if k in done]))  # a stopped benchmark keeps what it measured
+        done[key] = train(*key, project, overrides, opts.limit, cores() if opts.jobs == 1 else None)
+        rows = [done[k] for k in runs if k in done]
+        out.write_text(table(rows, opts.minutes, meta))  # a stopped benchmark keeps what it measured
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         list(pool.map(run, runs))
     rows = [done[k] for k in runs]
-    text = table(rows)
+    meta.update({"finished": f"finished {utc_now()}", "load after": load()})
+    text = table(rows, opts.minutes, meta)
     out.write_text(text)
     print(text)
-    plot(rows, out.with_suffix(".png"))
-    print(f"written to {out} and {out.with_suffix('.png')}")
+    plot(rows, png, opts.minutes, name)
+    print(f"written to {out} and {png}")
 
 
 if __name__ == "__main__":

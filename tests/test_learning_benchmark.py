@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +80,137 @@ def test_seeds_argument():
     assert cmd[:2] == ["yolo", "train"] and "seed=4" in cmd and "name=yolov10n-seed4" in cmd
     one = learning.command("yolov10n", 4, Path("/tmp/p"), {}, threads=2)  # jobs=1: the main job on every core
     assert one[:4] == ["yolo-plugins", "main-job", "predict=0", "threads=2"] and one[4:] == cmd[2:]
+
+
+def test_data_minutes_out_and_runs_arguments():
+    opts = learning.parse([])
+    assert opts.data == "shapes" and opts.models == learning.DEFAULT_MODELS
+    assert opts.models == ["rtdetr-effvit", "rtdetr-effvit-deim", "dfine-effvit", "yolov10n", "yolo26n"]
+    assert opts.out == learning.ROOT / "docs" / "benchmarks" / "learning" / "shapes-3seeds.md"
+    assert opts.runs == learning.ROOT / "runs" / "learning" / "shapes-3seeds" and opts.minutes == (5, 10, 15, 30)
+    opts = learning.parse(["data=trees", "seeds=0", "minutes=2,4.5", "fraction=0.2", "models=yolov10-effvit"])
+    assert opts.out.name == "trees-1seeds.md" and opts.minutes == (2.0, 4.5) and opts.models == ["yolov10-effvit"]
+    assert opts.overrides == {"fraction": "0.2"}  # yolo's own arguments pass through; data= is the benchmark's
+    opts = learning.parse(["data=/x/birds.yaml", "out=/tmp/o/smoke.md", "runs=/tmp/r"])
+    assert (opts.data, opts.out, opts.runs) == ("/x/birds.yaml", Path("/tmp/o/smoke.md"), Path("/tmp/r"))
+    assert learning.parse(["out=/tmp/o/smoke.md"]).runs == learning.ROOT / "runs" / "learning" / "smoke"
+    assert learning.data_name("/x/birds.yaml") == "birds"
+    with pytest.raises(SystemExit, match="minutes must be numbers"):
+        learning.parse(["minutes=5,ten"])
+    with pytest.raises(SystemExit, match="unknown model"):
+        learning.parse(["models=yolov10n,nope"])
+
+
+def test_model_specs_add_their_arguments_between_recipe_and_overrides(tmp_path):
+    deim = learning.command("rtdetr-effvit-deim", 0, tmp_path, {"data": "shapes.yaml"})
+    assert f"model={tmp_path / 'rtdetr-effvit-deim.yaml'}" in deim
+    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=5", "epochs=30"} <= set(deim)  # 15% of 30 epochs, rounded up
+    assert deim.count("mosaic=1.0") == 1 and "mosaic=0.0" not in deim
+    short = learning.command("rtdetr-effvit-deim", 0, tmp_path, {"epochs": "10", "mixup": "0.2"})
+    assert {"close_mosaic=2", "mixup=0.2"} <= set(short)  # the command line's overrides win over the model's
+    plain = learning.command("rtdetr-effvit", 0, tmp_path, {})
+    assert "model=cfg/models/rtdetr-effvit.yaml" in plain and "mosaic=0.0" in plain
+    assert not any(a.startswith(("mixup=", "close_mosaic=")) for a in plain)
+    assert "model=yolo26n.yaml" in learning.command("yolo26n", 0, tmp_path, {})
+    spec = learning.MODELS["rtdetr-effvit-deim"]
+    assert spec.describe().startswith(
+        "cfg/models/rtdetr-effvit.yaml + criterion: deim; mosaic=1.0 mixup=0.5 close_mosaic=15% of epochs"
+    )
+
+
+def test_variant_yaml_adds_criterion_deim_and_keeps_scale_n(tmp_path):
+    from ultralytics.nn.tasks import yaml_model_load
+
+    path = learning.write_variant("rtdetr-effvit-deim", tmp_path)
+    assert path == tmp_path / "rtdetr-effvit-deim.yaml"
+    assert path.read_text().endswith("\ncriterion: deim\n")
+    assert learning.write_variant("rtdetr-effvit", tmp_path) is None  # no keys: trained from its own YAML
+    variant, original = yaml_model_load(path), yaml_model_load(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")
+    assert variant["criterion"] == "deim" and variant["scale"] == original["scale"] == "n"
+    drop = ("criterion", "yaml_file")
+    assert {k: v for k, v in variant.items() if k not in drop} == {k: v for k, v in original.items() if k not in drop}
+
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    def size(yaml_path) -> int:
+        return sum(p.numel() for p in RTDETRDetectionModel(str(yaml_path), nc=1, verbose=False).parameters())
+
+    assert size(path) == size(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")  # the same model, scale n
+
+
+def test_a_missing_model_yaml_stops_before_training(monkeypatch):
+    monkeypatch.setitem(learning.MODELS, "later", learning.Spec("cfg/models/not-written-yet.yaml"))
+    with pytest.raises(SystemExit, match=r"later needs .*cfg/models/not-written-yet.yaml\nleave it out with models=y"):
+        learning.check_models(["later", "yolov10n"])
+    learning.check_models(["rtdetr-effvit", "yolov10n", "yolo26n"])  # stock names are Ultralytics' to resolve
+
+
+RESULTS = {  # fabricated results.csv columns per run: minutes at the end of each epoch, val mAP50
+    ("rtdetr-effvit-deim", 0): ([1.0, 2.0, 3.0, 4.0], [0.2, 0.55, 0.7, 0.6]),
+    ("rtdetr-effvit-deim", 1): ([1.0, 2.0, 3.0, 4.0], [0.1, 0.4, 0.5, 0.5]),
+    ("yolov10n", 0): ([1.5, 3.0, 4.5], [0.1, 0.3, 0.5]),
+    ("yolov10n", 1): ([1.5, 3.0, 4.5], [0.2, 0.5, 0.45]),
+}
+
+
+def _results_csv(path: Path, minutes: list[float], maps: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = "epoch,time,train/giou_loss,metrics/precision(B),metrics/mAP50(B),metrics/mAP50-95(B),val/giou_loss"
+    rows = [f"{e + 1},{t * 60:.3f},1.0,0.5,{m},{m / 2},1.1" for e, (t, m) in enumerate(zip(minutes, maps))]
+    path.write_text("\n".join([head, *rows]) + "\n")
+
+
+class _FakeTraining:
+    """Stands in for the ``subprocess.Popen`` of a training: writes the fabricated results.csv of its run."""
+
+    def __init__(self, cmd):
+        args = dict(a.split("=", 1) for a in cmd if "=" in a)
+        model, seed = args["name"].rsplit("-seed", 1)
+        _results_csv(Path(args["project"]) / args["name"] / "results.csv", *RESULTS[(model, int(seed))])
+        self.returncode = 0
+
+    def wait(self, timeout=None):
+        return 0
+
+
+def test_main_writes_header_summary_and_commands_from_results_csv(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    popen = subprocess.Popen  # git (the versions in the header) runs for real
+
+    def fake(cmd, *args, **kwargs):
+        return popen(cmd, *args, **kwargs) if cmd[0] == "git" else _FakeTraining(cmd)
+
+    monkeypatch.setattr(learning.subprocess, "Popen", fake)
+    out = tmp_path / "docs" / "shapes-2seeds.md"
+    argv = ["models=rtdetr-effvit-deim,yolov10n", "seeds=0,1", "jobs=2", "minutes=2,4", f"out={out}"]
+    learning.main([*argv, f"runs={tmp_path / 'runs'}", "epochs=4"])
+    text = out.read_text()
+    assert text.startswith(f"Command: `python benchmarks/learning.py {' '.join(argv)} runs={tmp_path / 'runs'}")
+    assert " UTC, finished " in text and f"CPU: {learning.cpu_model()}" in text and "before " in text
+    assert (
+        "ultralytics " in text and "timm " in text and "yolo-plugins " in text and "Data: shapes (shapes.yaml)" in text
+    )
+    lines = text.splitlines()
+    head = next(x for x in lines if x.startswith("| model | mAP50 @2 min | mAP50 @4 min |"))
+    assert head.endswith("| min/epoch | seeds |")
+    deim = next(x for x in lines if x.startswith("| rtdetr-effvit-deim | 0.")).split(" | ")
+    assert deim[1:3] == ["0.475 (0.400-0.550)", "0.550 (0.500-0.600)"]  # @2 min, @4 min
+    # peak: 0.7 and 0.5; end of training: 0.6 and 0.5; minutes to 0.5: 2 and 3 -> 2.5 vs yolov10n's 4.5 and 3 -> 3.75
+    assert "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 4 | 0.67x |" in lines
+    assert "| yolov10n | 0.500 (0.500-0.500) | 0.475 (0.450-0.500) | 3 | 1.00x |" in lines
+    assert any(x.startswith("- rtdetr-effvit-deim: cfg/models/rtdetr-effvit.yaml + criterion: deim") for x in lines)
+    cmd = next(x for x in lines if x.startswith("yolo train model=") and "deim-seed1" in x)
+    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=1", "epochs=4"} <= set(cmd.split())
+    assert (tmp_path / "runs" / "rtdetr-effvit-deim.yaml").read_text().endswith("criterion: deim\n")
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_summary_counts_seeds_that_never_reach_the_threshold():
+    lines = learning.summary(ROWS)
+    effvit = next(x for x in lines if x.startswith("| rtdetr-effvit |"))
+    # minutes to 0.5: 12 and 15 (seed 2 never) -> 13.5; yolov10n's: 20 (one seed of three) -> 0.675
+    assert (
+        effvit == f"| rtdetr-effvit | 0.597 (0.490-0.700) | 0.597 (0.490-0.700) | 4 | {13.5 / 20:.2f}x (2/3 reached) |"
+    )
+    assert next(x for x in lines if x.startswith("| yolov10n |")).endswith("| 1.00x (1/3 reached) |")
+    assert learning.summary(ROWS, reference="absent")[-1].endswith("| - |")
