@@ -332,3 +332,25 @@ def test_training_starts_from_an_official_file_with_pretrained(converted, tiny_d
     assert len(learned) > 400 and len(kept) == len(learned), (
         f"not from the file: {sorted(set(learned) - set(kept))[:5]}"
     )
+
+
+def test_plain_yolo_command_trains_an_official_file_with_the_family_criterion(converted, tiny_data, tmp_path):
+    """``yolo train model=dfine-n.yaml pretrained=<official .pth>``: the plain command builds the YAML as an RT-DETR
+    model (its name has no "rtdetr"), loads the official file and logs D-FINE's loss terms by name."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ultralytics import RTDETR, YOLO
+
+    assert type(YOLO("dfine-n.yaml")) is RTDETR and type(YOLO("yolov10n.yaml")) is YOLO
+    yolo = shutil.which("yolo", path=str(Path(sys.executable).parent)) or shutil.which("yolo")
+    args = " ".join(f"{k}={v}" for k, v in TINY_TRAIN.items())
+    cmd = f"{yolo} train model=dfine-n.yaml pretrained={converted.with_suffix('.pth')} data={tiny_data} {args}"
+    p = subprocess.run([*cmd.split(), f"project={tmp_path}", "name=cli"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    header, row = (tmp_path / "cli" / "results.csv").read_text().splitlines()[:2]
+    for name in ("vfl_loss", "l1_loss", "giou_loss", "fgl_loss", "ddf_loss"):
+        assert f"train/{name}" in header and f"val/{name}" in header, header
+    assert np.isfinite([float(v) for v in row.split(",")[1:]]).all()
+    assert "official D-FINE-N (80 classes) -> dfine-n.yaml" in p.stdout + p.stderr  # the official file was read

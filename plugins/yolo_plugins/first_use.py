@@ -5,7 +5,8 @@ would import it, and the plugin's blocks and parser, for every process that mere
 ``arm()`` puts a trampoline on each host function the activation replaces that can start a use of a model: building
 one (``parse_model``, ``yaml_model_load``, ``DetectionModel.__init__``), loading one (``load_checkpoint``,
 ``BaseModel.load``, ``_SafeLoad.loading``), running or fusing one, or resolving a bare file name (``check_file``).
-The trampolines on ``ultralytics.nn.tasks`` are set when that module is first imported. The first call of any of
+The trampolines on ``ultralytics.nn.tasks`` are set when that module is first imported, the one on ``YOLO.__init__``
+(``rtdetr_route``) when ``ultralytics.models.yolo.model`` is. The first call of any of
 them takes every trampoline out again (also from modules that imported one by name) and runs the full
 ``hook.activate()``, then makes the call it stood for, now with the plugin active; an explicit ``activate()`` or
 ``deactivate()`` takes them out first too. A host the plugin cannot hook is refused at that first use, with the same
@@ -31,12 +32,16 @@ TASKS_TRAPS = (
     ("DetectionModel", "__init__"),
     ("BaseModel", "_predict_once"),
     ("RTDETRDetectionModel", "predict"),
+    ("RTDETRDetectionModel", "loss"),
     ("BaseModel", "load"),
     ("BaseModel", "fuse"),
     ("BaseModel", "is_fused"),
     ("_SafeLoad", "loading"),
     (None, "torch_load"),  # replaced on releases with the per-load restricted loader (safe_load.host_form "scoped")
 )
+YOLO_MODEL = "ultralytics.models.yolo.model"
+YOLO_TRAPS = (("YOLO", "__init__"),)  # YOLO("x.yaml") routes a plugin RT-DETR head before any model code runs
+MODULE_TRAPS = {TASKS: TASKS_TRAPS, YOLO_MODEL: YOLO_TRAPS}
 
 _lock = threading.RLock()
 _traps: list[tuple[Any, str, Any]] = []  # (owner, attribute, the host's raw value) for every trampoline set
@@ -72,13 +77,13 @@ def _trap(owner: Any, attr: str) -> None:
     _traps.append((owner, attr, raw))
 
 
-def _arm_tasks(tasks: Any) -> None:
-    """Set the trampolines on ``ultralytics.nn.tasks`` (run right after that module is executed)."""
+def _arm_module(module: Any) -> None:
+    """Set the trampolines of ``MODULE_TRAPS`` on a host module (run right after that module is executed)."""
     with _lock:
-        if not _armed or any(owner is tasks for owner, _, _ in _traps):
+        if not _armed or any(owner is module for owner, _, _ in _traps):
             return
-        for owner_name, attr in TASKS_TRAPS:
-            owner = tasks if owner_name is None else getattr(tasks, owner_name, None)
+        for owner_name, attr in MODULE_TRAPS[module.__name__]:
+            owner = module if owner_name is None else getattr(module, owner_name, None)
             if owner is not None and (attr in owner.__dict__ if isinstance(owner, type) else hasattr(owner, attr)):
                 _trap(owner, attr)  # a host lacking one is refused by the full activation, not here
 
@@ -97,11 +102,12 @@ def arm(when_imported: Callable[[str, Callable[[Any], None]], None]) -> None:
 
         _armed = True
         _trap(checks, "check_file")
-        tasks = sys.modules.get(TASKS)
-        if tasks is not None:
-            _arm_tasks(tasks)
-        else:
-            when_imported(TASKS, _arm_tasks)
+        for name in MODULE_TRAPS:
+            module = sys.modules.get(name)
+            if module is not None:
+                _arm_module(module)
+            else:
+                when_imported(name, _arm_module)
 
 
 def disarm() -> bool:

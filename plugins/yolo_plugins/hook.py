@@ -13,7 +13,7 @@ back and removes every added name.
 What the replacements do lives in their own files: ``parser_patch`` (channels), ``yaml_rows`` (row checks, unknown
 names, per-scale and path args), ``layer_errors`` (every build error names its row), ``scales`` (scale letters),
 ``data_names`` (bare data-set names), ``norms`` (the YAML's BatchNorm settings), ``rtdetr_loss`` (the YAML's
-``criterion:``), ``fusing`` and ``safe_load``.
+``criterion:``), ``rtdetr_route`` (YAMLs with a plugin RT-DETR head build as RTDETR), ``fusing`` and ``safe_load``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     """The table of everything activation replaces (checks the host and compiles the patched parser)."""
     from ultralytics import nn as unn
     from ultralytics.engine import model as emodel
+    from ultralytics.models.yolo import model as ymodel
     from ultralytics.utils import checks
 
     from .data_names import wrap_check_file
@@ -74,6 +75,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from .loading import wrap_load_checkpoint, wrap_model_load
     from .norms import wrap_initialize_weights
     from .rtdetr_loss import wrap_rtdetr_loss
+    from .rtdetr_route import wrap_yolo_init
     from .safe_load import host_form, wrap_loading, wrap_torch_load
     from .scales import wrap_yaml_model_load
     from .yaml_rows import prepare
@@ -99,6 +101,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (tasks.BaseModel, "_predict_once", wrap_forward(tasks.BaseModel.__dict__["_predict_once"])),
         (tasks.RTDETRDetectionModel, "predict", wrap_forward(tasks.RTDETRDetectionModel.__dict__["predict"])),
         (tasks.RTDETRDetectionModel, "loss", wrap_rtdetr_loss(tasks.RTDETRDetectionModel.__dict__["loss"])),
+        (ymodel.YOLO, "__init__", wrap_yolo_init(ymodel.YOLO.__dict__["__init__"])),
         (tasks, "initialize_weights", wrap_initialize_weights(tasks.initialize_weights)),
         (tasks, "load_checkpoint", load_ckpt),
         (unn, "load_checkpoint", load_ckpt),
