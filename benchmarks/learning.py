@@ -109,8 +109,9 @@ class Spec:
 # DEIM's training (Huang et al., CVPR 2025): its criterion, selected by the YAML key ``criterion: deim``, and its dense
 # one-to-one data schedule (mosaic and mixup make more objects per image, so the one-to-one matching gets more positive
 # samples), expressed with Ultralytics' own arguments: mosaic on every image, mixup on half of them, both off for
-# the last 15% of the epochs (DEIM's last epochs are without these augmentations too). The recipe has mosaic 0.
-DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.15)}
+# the second half of the epochs (DEIM turns mosaic and mix-up off after about half of its schedule, e.g. epoch 29 of
+# 58, and keeps its last epochs free of strong augmentation). The recipe has mosaic 0.
+DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.5)}
 MODELS = {
     "rtdetr-effvit": Spec("cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n"),
     "rtdetr-effvit-deim": Spec(

@@ -104,17 +104,17 @@ def test_data_minutes_out_and_runs_arguments():
 def test_model_specs_add_their_arguments_between_recipe_and_overrides(tmp_path):
     deim = learning.command("rtdetr-effvit-deim", 0, tmp_path, {"data": "shapes.yaml"})
     assert f"model={tmp_path / 'rtdetr-effvit-deim.yaml'}" in deim
-    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=5", "epochs=30"} <= set(deim)  # 15% of 30 epochs, rounded up
+    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=15", "epochs=30"} <= set(deim)  # half of 30 epochs
     assert deim.count("mosaic=1.0") == 1 and "mosaic=0.0" not in deim
     short = learning.command("rtdetr-effvit-deim", 0, tmp_path, {"epochs": "10", "mixup": "0.2"})
-    assert {"close_mosaic=2", "mixup=0.2"} <= set(short)  # the command line's overrides win over the model's
+    assert {"close_mosaic=5", "mixup=0.2"} <= set(short)  # the command line's overrides win over the model's
     plain = learning.command("rtdetr-effvit", 0, tmp_path, {})
     assert "model=cfg/models/rtdetr-effvit.yaml" in plain and "mosaic=0.0" in plain
     assert not any(a.startswith(("mixup=", "close_mosaic=")) for a in plain)
     assert "model=yolo26n.yaml" in learning.command("yolo26n", 0, tmp_path, {})
     spec = learning.MODELS["rtdetr-effvit-deim"]
     assert spec.describe().startswith(
-        "cfg/models/rtdetr-effvit.yaml + criterion: deim; mosaic=1.0 mixup=0.5 close_mosaic=15% of epochs"
+        "cfg/models/rtdetr-effvit.yaml + criterion: deim; mosaic=1.0 mixup=0.5 close_mosaic=50% of epochs"
     )
 
 
@@ -200,7 +200,7 @@ def test_main_writes_header_summary_and_commands_from_results_csv(tmp_path, monk
     assert "| yolov10n | 0.500 (0.500-0.500) | 0.475 (0.450-0.500) | 3 | 1.00x |" in lines
     assert any(x.startswith("- rtdetr-effvit-deim: cfg/models/rtdetr-effvit.yaml + criterion: deim") for x in lines)
     cmd = next(x for x in lines if x.startswith("yolo train model=") and "deim-seed1" in x)
-    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=1", "epochs=4"} <= set(cmd.split())
+    assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=2", "epochs=4"} <= set(cmd.split())
     assert (tmp_path / "runs" / "rtdetr-effvit-deim.yaml").read_text().endswith("criterion: deim\n")
     assert out.with_suffix(".png").stat().st_size > 10_000
 
