@@ -66,7 +66,7 @@ def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
-    from yolo_plugins.main_job import model_class
+    from yolo_plugins.commands.main_job import model_class
 
     assert model_class(cfg) is RTDETR  # the main job, benchmarks and profiler build it as an RT-DETR
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
@@ -168,7 +168,7 @@ def test_fuse_folds_every_conv_and_repvgg_block_exactly():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The D-FINE-N fixture (official layout, seeded weights) converted to an Ultralytics checkpoint."""
-    from yolo_plugins.import_weights import import_weights
+    from yolo_plugins.commands.import_weights import import_weights
 
     root = tmp_path_factory.mktemp("dfine")
     meta, _ = fx.load("dfine_n", fx.FIXTURES_DFINE)
@@ -248,7 +248,7 @@ def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
 def test_shift_max_pool_equals_the_host_pooling_and_exports_as_it(ceil_mode):
     """The 2x2 stride-1 form equals ``nn.MaxPool2d`` exactly on odd and even sizes; other pooling shapes and traced
     graphs use the host's operator."""
-    from yolo_plugins.blocks.shift_max_pool import ShiftMaxPool2d, shift_max_pool
+    from yolo_plugins.blocks.deploy.shift_max_pool import ShiftMaxPool2d, shift_max_pool
 
     host = torch.nn.MaxPool2d(2, 1, ceil_mode=ceil_mode)
     form = shift_max_pool(host)
@@ -290,7 +290,7 @@ def test_affine_form_is_the_same_map_and_exports_as_a_convolution(tmp_path):
     import onnx
     from timm.models.hgnet import LearnableAffineBlock
 
-    from yolo_plugins.blocks.affine_conv import AffineConv, affine_conv
+    from yolo_plugins.blocks.deploy.affine_conv import AffineConv, affine_conv
 
     host = LearnableAffineBlock(scale_value=1.3, bias_value=-0.2)
     x = torch.randn(2, 5, 7, 9)

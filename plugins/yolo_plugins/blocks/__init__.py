@@ -1,14 +1,11 @@
 """Built-in blocks. Importing this package registers them and the deploy forms ``fuse()`` swaps in; each file holds
-one block family (or one deploy form)."""
+one block family; ``deploy/`` holds the deploy forms."""
 
 from . import (  # noqa: F401
-    affine_conv,
-    cascaded_attention,
-    deform_attention,
+    deploy,
     dfine,
     efficientvit,
     pick,
-    shift_max_pool,
     timm_backbone,
     yolov10,
 )

@@ -16,10 +16,10 @@ import inspect
 import textwrap
 from typing import Any, Callable
 
-from . import registry
-from .channels import Layer
-from .errors import LayerError
-from .host import none_to_default, refuse
+from .. import registry
+from ..channels import Layer
+from ..errors import LayerError
+from .versions import none_to_default, refuse
 
 DISPATCH = "_yolo_plugins_layer"  # the name the patched parse_model calls, added to the host module's globals
 FRAME = ("i", "f", "n", "m", "args", "c2", "ch", "width", "max_channels", "d")  # parse_model locals dispatch reads
