@@ -248,7 +248,7 @@ def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
 def test_shift_max_pool_equals_the_host_pooling_and_exports_as_it(ceil_mode):
     """The 2x2 stride-1 form equals ``nn.MaxPool2d`` exactly on odd and even sizes; other pooling shapes and traced
     graphs use the host's operator."""
-    from yolo_plugins.blocks.deploy.shift_max_pool import ShiftMaxPool2d, shift_max_pool
+    from yolo_plugins.blocks.shift_max_pool import ShiftMaxPool2d, shift_max_pool
 
     host = torch.nn.MaxPool2d(2, 1, ceil_mode=ceil_mode)
     form = shift_max_pool(host)
@@ -290,7 +290,7 @@ def test_affine_form_is_the_same_map_and_exports_as_a_convolution(tmp_path):
     import onnx
     from timm.models.hgnet import LearnableAffineBlock
 
-    from yolo_plugins.blocks.deploy.affine_conv import AffineConv, affine_conv
+    from yolo_plugins.blocks.affine_conv import AffineConv, affine_conv
 
     host = LearnableAffineBlock(scale_value=1.3, bias_value=-0.2)
     x = torch.randn(2, 5, 7, 9)

@@ -152,3 +152,25 @@ def test_the_top_level_holds_only_the_core():
 def test_where_is(question, module):
     """The newcomer's questions of issue 30 and the folder that answers each (kept true as files move)."""
     assert module in modules(), question
+
+
+# Modules whose classes a checkpoint can pickle by path: the blocks (README's "Checkpoint compatibility" table) and
+# the deploy forms, which a fused model holds (``Model.fuse()`` and ``predict()`` fuse in place; ``Model.save()``
+# then pickles the fused model). They stay where they are; a move would need an alias module at each old path.
+PICKLED_MODULES = (
+    "yolo_plugins.blocks.efficientvit",
+    "yolo_plugins.blocks.timm_backbone",
+    "yolo_plugins.blocks.timm_base",
+    "yolo_plugins.blocks.pick",
+    "yolo_plugins.blocks.dfine.decoder",
+    "yolo_plugins.blocks.dfine.encoder",
+    "yolo_plugins.blocks.affine_conv",
+    "yolo_plugins.blocks.shift_max_pool",
+    "yolo_plugins.blocks.cascaded_attention",
+    "yolo_plugins.blocks.deform_attention",
+)
+
+
+@pytest.mark.parametrize("module", PICKLED_MODULES)
+def test_pickled_module_paths_stay(module):
+    assert module in modules()

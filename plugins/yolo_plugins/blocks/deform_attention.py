@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from ultralytics.nn.modules.transformer import MSDeformAttn
 
-from ...registry import deploy_form
+from ..registry import deploy_form
 from .export_mode import exporting
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...registry import deploy_form
+from ..registry import deploy_form
 from .export_mode import exporting
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...registry import deploy_form
+from ..registry import deploy_form
 from .export_mode import exporting
 
 
