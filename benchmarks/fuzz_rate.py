@@ -27,7 +27,7 @@ def switch_off_naming() -> None:
     """Undo this round's forward-time and row-level error naming (the rest of the hook stays active)."""
     from ultralytics.nn import tasks
 
-    from yolo_plugins import hook, layer_errors, parser_patch, yaml_rows
+    from yolo_plugins.host import hook, layer_errors, parser_patch, yaml_rows
 
     for patch in hook._state["patches"]:
         if patch.attr in ("_predict_once", "predict"):

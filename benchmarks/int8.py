@@ -109,7 +109,7 @@ def copy_to(weights: str, folder: Path, name: str) -> Path:
 
 def accuracy(spec: dict) -> dict:
     """Worker: val mAP50 / mAP50-95 of the checkpoint and of each float32 and INT8 export at ``val_imgsz``."""
-    from yolo_plugins.main_job import model_class
+    from yolo_plugins.commands.main_job import model_class
 
     pt = copy_to(split_host(spec["weights"])[0], Path(spec["folder"]), spec["name"])
     cls, s, out = model_class(str(pt)), spec["val_imgsz"], {}
@@ -135,7 +135,7 @@ def exports(spec: dict) -> dict:
 
     ``weights`` ending in ``@host`` (see ``speed.py``): exported and timed without the plugin's deploy forms.
     """
-    from yolo_plugins.main_job import model_class
+    from yolo_plugins.commands.main_job import model_class
 
     weights, host = split_host(spec["weights"])
     files: dict[str, dict[str, str]] = {}

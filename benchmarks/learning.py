@@ -69,8 +69,8 @@ from typing import Any, NamedTuple
 
 from speed import cpu_model  # the benchmarks' one CPU-name reader (this folder is on sys.path)
 
-from yolo_plugins.main_job import RECIPE as MAIN_JOB_RECIPE
-from yolo_plugins.main_job import cores
+from yolo_plugins.commands.main_job import RECIPE as MAIN_JOB_RECIPE
+from yolo_plugins.commands.main_job import cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,9 +131,9 @@ SEEDS = (0, 1, 2)
 DATA = {"shapes": "shapes.yaml"}  # and "trees": built by benchmarks/trees.py on first use
 OUT = ROOT / "docs" / "benchmarks" / "learning"
 
-# The learning recipe: the main job's (``yolo_plugins.main_job.RECIPE``: 224 px, batches of 4 with one optimizer
-# step each, AdamW 1e-3, one warm-up epoch, no mosaic; docs/main-job.md says why) for 30 epochs; model and output
-# folder are set per run below.
+# The learning recipe: the main job's (``yolo_plugins.commands.main_job.RECIPE``: 224 px, batches of 4 with one
+# optimizer step each, AdamW 1e-3, one warm-up epoch, no mosaic; docs/main-job.md says why) for 30 epochs; model and
+# output folder are set per run below.
 RECIPE = {
     **{k: v for k, v in MAIN_JOB_RECIPE.items() if k not in ("model", "project", "name", "exist_ok")},
     "epochs": 30,

@@ -48,7 +48,7 @@ def model_class(d: dict):
     """The Ultralytics model class for a YAML dict (RT-DETR decoder, classifier or detector)."""
     from ultralytics.nn.tasks import ClassificationModel, DetectionModel, RTDETRDetectionModel
 
-    from yolo_plugins.main_job import is_rtdetr_head
+    from yolo_plugins.commands.main_job import is_rtdetr_head
 
     head = str((d.get("head") or d.get("backbone"))[-1][2])
     if is_rtdetr_head(head):

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     from ultralytics.nn import tasks
 
     import yolo_plugins
-    from yolo_plugins import hook, layer_errors, parser_patch, yaml_rows
+    from yolo_plugins.host import hook, layer_errors, parser_patch, yaml_rows
 
     torch.set_num_threads(opts["threads"])
     yolo_plugins.activate()

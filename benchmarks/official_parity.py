@@ -35,9 +35,9 @@ def _convert(name: str, folder: Path) -> tuple[object, torch.nn.Module, int, dic
     meta, out = fx.load(name, folder)
     sd = fx.release_state_dict(meta, torch.float64)
     if folder == fx.FIXTURES:
-        from yolo_plugins.official_rtdetr import build, recognise
+        from yolo_plugins.weights.official_rtdetr import build, recognise
     else:
-        from yolo_plugins.official_dfine import build, recognise
+        from yolo_plugins.weights.official_dfine import build, recognise
     official = recognise(sd, name)
     model, loaded = build(official, sd, name)
     return official, model, loaded, {"meta": meta, "out": out, "tensors": len(sd)}

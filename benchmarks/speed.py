@@ -193,7 +193,7 @@ def split_host(cfg: str) -> tuple[str, bool]:
 @contextmanager
 def forms(cfg: str) -> Iterator[None]:
     """Inside, ``model.fuse()`` skips the plugin's deploy forms when ``cfg`` ends with ``@host``."""
-    from yolo_plugins import fusing
+    from yolo_plugins.host import fusing
 
     original = fusing.to_deploy_forms
     if split_host(cfg)[1]:
@@ -206,7 +206,7 @@ def forms(cfg: str) -> Iterator[None]:
 
 def build(cfg: str):
     """``RTDETR(cfg)`` for a model whose head is ``RTDETRDecoder``, else ``YOLO(cfg)``; YAML-built weights untied."""
-    from yolo_plugins.main_job import model_class
+    from yolo_plugins.commands.main_job import model_class
 
     cfg = split_host(cfg)[0]
     model = model_class(cfg)(cfg)

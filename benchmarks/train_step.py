@@ -43,7 +43,7 @@ def build(cfg: str, nd: int | None):
     d = yaml_model_load(cfg)
     d["nc"] = 6
     head = d["head"][-1]
-    from yolo_plugins.main_job import is_rtdetr_head
+    from yolo_plugins.commands.main_job import is_rtdetr_head
 
     rtdetr = is_rtdetr_head(head[2])
     if nd is not None and rtdetr:

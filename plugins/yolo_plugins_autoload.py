@@ -2,10 +2,10 @@
 
 A top-level module of its own (not part of ``yolo_plugins``) so that start-up imports only this file and the standard
 library: ``yolo_plugins`` itself is imported once ``import ultralytics`` has finished, and then
-``yolo_plugins.first_use.arm()`` sets the trampolines that activate the plugin when a model is first built or loaded
-(``import ultralytics`` alone stays as cheap as without the plugin). With ``YOLO_PLUGINS_AUTOLOAD=0`` the ``.pth``
-line does not import this module at all. Because every Python process runs the ``.pth``, this also reaches ``yolo``
-CLI runs and the worker processes Ultralytics starts for multi-GPU training.
+``yolo_plugins.host.first_use.arm()`` sets the trampolines that activate the plugin when a model is first built or
+loaded (``import ultralytics`` alone stays as cheap as without the plugin). With ``YOLO_PLUGINS_AUTOLOAD=0`` the
+``.pth`` line does not import this module at all. Because every Python process runs the ``.pth``, this also reaches
+``yolo`` CLI runs and the worker processes Ultralytics starts for multi-GPU training.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _activate() -> None:
 
     if importlib.util.find_spec("yolo_plugins") is None:  # e.g. the checkout of an editable install was deleted
         return
-    from yolo_plugins import first_use
+    from yolo_plugins.host import first_use
 
     first_use.arm(when_imported)
 

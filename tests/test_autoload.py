@@ -72,7 +72,7 @@ from ultralytics import RTDETR
 from ultralytics.nn import tasks
 from ultralytics.engine import trainer
 import yolo_plugins as yp
-from yolo_plugins import first_use
+from yolo_plugins.host import first_use
 print(first_use.is_armed(), yp.is_active(), "Pick" in vars(tasks), trainer.load_checkpoint.__wrapped__.__module__)
 m = RTDETR("rtdetr-effvit.yaml")
 print(first_use.is_armed(), yp.is_active(), type(m.model.model[0]).__name__, tasks.Pick.__module__)
@@ -88,7 +88,8 @@ def test_importing_ultralytics_arms_and_the_first_build_activates():
     r = py(FIRST_USE)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()[-6:]
-    assert lines[0] == "['yolo_plugins', 'yolo_plugins.first_use', 'yolo_plugins_autoload'] False"
+    start_up = ["yolo_plugins", "yolo_plugins.host", "yolo_plugins.host.first_use", "yolo_plugins_autoload"]
+    assert lines[0] == f"{start_up} False"  # host/__init__ is a docstring only: nothing more is imported
     assert lines[1] == "True False False ultralytics.nn.tasks"  # a trampoline waits, nothing is patched yet
     assert lines[2] == "False True EfficientViT yolo_plugins.blocks.pick"
     assert lines[3] == "True True"  # imported by name while armed: the plugin's replacement now
@@ -156,7 +157,7 @@ def test_first_use_traps_cover_every_row_the_activation_patches():
     from ultralytics.nn import tasks
     from ultralytics.utils import checks
 
-    from yolo_plugins import first_use, hook
+    from yolo_plugins.host import first_use, hook
 
     trapped = {(tasks if owner is None else getattr(tasks, owner), attr) for owner, attr in first_use.TASKS_TRAPS}
     trapped |= {(getattr(ymodel, owner), attr) for owner, attr in first_use.YOLO_TRAPS}

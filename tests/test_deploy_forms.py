@@ -12,10 +12,11 @@ from helpers import randomise_bn
 from ultralytics import RTDETR, YOLO
 from ultralytics.nn.modules.transformer import MSDeformAttn
 
-from yolo_plugins import fusing, registry
+from yolo_plugins import registry
 from yolo_plugins.blocks import cascaded_attention, deform_attention
 from yolo_plugins.blocks.cascaded_attention import DeployCascadedAttention
 from yolo_plugins.blocks.deform_attention import DeployDeformAttn
+from yolo_plugins.host import fusing
 
 
 @pytest.fixture

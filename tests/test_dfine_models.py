@@ -66,7 +66,7 @@ def test_zoo_yaml_builds_and_runs_at_other_sizes(cfg):
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
-    from yolo_plugins.main_job import model_class
+    from yolo_plugins.commands.main_job import model_class
 
     assert model_class(cfg) is RTDETR  # the main job, benchmarks and profiler build it as an RT-DETR
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
@@ -168,7 +168,7 @@ def test_fuse_folds_every_conv_and_repvgg_block_exactly():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """The D-FINE-N fixture (official layout, seeded weights) converted to an Ultralytics checkpoint."""
-    from yolo_plugins.import_weights import import_weights
+    from yolo_plugins.commands.import_weights import import_weights
 
     root = tmp_path_factory.mktemp("dfine")
     meta, _ = fx.load("dfine_n", fx.FIXTURES_DFINE)

@@ -19,7 +19,7 @@ from torch import nn
 from yolo_plugins import EfficientViT
 from yolo_plugins.blocks.efficientvit import WIDTHS
 from yolo_plugins.errors import LayerError
-from yolo_plugins.weights import WeightsError
+from yolo_plugins.weights.files import WeightsError
 
 VARIANTS = list(WIDTHS)
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import tiny_shapes
 
-from yolo_plugins import main_job
+from yolo_plugins.commands import main_job
 
 MODEL = "rtdetr-effvit-n.yaml"  # cfg/models/rtdetr-effvit.yaml at scale n
 IMGSZ = 64

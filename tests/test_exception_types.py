@@ -200,7 +200,7 @@ def test_a_named_subclass_pickles_and_is_built_once_per_class(monkeypatch, kind)
 def test_before_python_3_11_the_row_is_a_line_of_the_message_where_the_type_allows(built, monkeypatch, kind):
     """Without ``add_note`` (3.9/3.10): the row is a new last line of a message that is the exception's one string
     argument, the message of a bare assert; a KeyError (which quotes) or a user's ``__str__`` is left untouched."""
-    from yolo_plugins import layer_errors
+    from yolo_plugins.host import layer_errors
 
     monkeypatch.setattr(layer_errors, "NOTES", False)
     err, raised = _forward_error(built["yolov8n.yaml"], 3, kind)
@@ -215,7 +215,7 @@ def test_before_python_3_11_the_row_is_a_line_of_the_message_where_the_type_allo
 
 def test_before_python_3_11_a_class_that_would_not_read_as_the_row_is_left_as_it_was(monkeypatch):
     """A bare ``KeyError()`` reads as '' but would quote a message: it keeps its empty arguments."""
-    from yolo_plugins import layer_errors
+    from yolo_plugins.host import layer_errors
 
     monkeypatch.setattr(layer_errors, "NOTES", False)
     e = KeyError()

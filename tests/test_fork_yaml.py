@@ -27,9 +27,9 @@ from ultralytics.nn import tasks
 from ultralytics.nn.modules import RTDETRDecoder
 
 from yolo_plugins import EfficientViT, LayerError, Pick, TimmBackbone, UnknownModuleError
-from yolo_plugins.cli import main as cli
-from yolo_plugins.fork_yaml import EFFICIENTVIT, looks_like_fork, translate
-from yolo_plugins.yaml_rows import prepare
+from yolo_plugins.commands.cli import main as cli
+from yolo_plugins.host.fork_yaml import EFFICIENTVIT, looks_like_fork, translate
+from yolo_plugins.host.yaml_rows import prepare
 
 FORKS = Path(__file__).parent / "fork_yamls"
 ROOT = Path(__file__).parents[1]

@@ -84,7 +84,7 @@ def test_yolo_models_name_the_row_at_build_time_as_before():
 
 def test_a_working_model_computes_the_same_with_the_naming_on():
     """The forward loop wrapper changes nothing when nothing fails (same outputs as the host's own loop)."""
-    from yolo_plugins import hook
+    from yolo_plugins.host import hook
 
     model = _build(_cfg()).eval()
     x = torch.rand(1, 3, 64, 64)

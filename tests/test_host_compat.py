@@ -20,7 +20,7 @@ import ultralytics
 import yaml
 from ultralytics import RTDETR, YOLO
 
-from yolo_plugins import host
+from yolo_plugins.host import versions
 
 CFG = Path(__file__).resolve().parents[1] / "cfg" / "models"
 ZOO = sorted(p.name for p in CFG.glob("*.yaml"))
@@ -35,7 +35,7 @@ def test_every_zoo_yaml_builds_and_runs(name, one_thread):
     """Built by its bare name, as a user names it, through the stock model class; one forward at 128 px, or 320 px
     for the 300-query models on strides 16 and 32 (8.4.0's RT-DETR decoder needs at least as many encoder tokens as
     queries)."""
-    from yolo_plugins.main_job import is_rtdetr_head
+    from yolo_plugins.commands.main_job import is_rtdetr_head
 
     d = yaml.safe_load((CFG / name).read_text())
     model = (RTDETR if is_rtdetr_head(d["head"][-1][2]) else YOLO)(name)
@@ -81,7 +81,7 @@ def test_official_checkpoint_imports(tmp_path):
     torch.save({"ema": {"module": sd}}, src)
     dst = tmp_path / "rtdetr-r18vd-coco.pt"
     run = subprocess.run(
-        [sys.executable, "-m", "yolo_plugins.cli", "import-weights", str(src), "-o", str(dst)],
+        [sys.executable, "-m", "yolo_plugins.commands.cli", "import-weights", str(src), "-o", str(dst)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -101,9 +101,9 @@ def test_start_up_hook_activates_in_a_fresh_interpreter():
     tested release."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_PLUGINS_")}
     version = ultralytics.__version__
-    strict = "" if host.newer_than_tested(version) else "warnings.simplefilter('error', HostVersionWarning)\n"
+    strict = "" if versions.newer_than_tested(version) else "warnings.simplefilter('error', HostVersionWarning)\n"
     code = (
-        "import warnings\nfrom yolo_plugins.host import HostVersionWarning\n"
+        "import warnings\nfrom yolo_plugins.host.versions import HostVersionWarning\n"
         + strict
         + "from ultralytics import RTDETR\n"
         "m = RTDETR('rtdetr-effvit.yaml')\n"

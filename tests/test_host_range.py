@@ -16,24 +16,24 @@ import ultralytics
 from ultralytics.nn import tasks
 
 import yolo_plugins
-from yolo_plugins import first_use, host, safe_load
+from yolo_plugins.host import first_use, safe_load, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_declared_range_is_the_hooks_range():
-    """pyproject.toml's ultralytics requirement, host.SUPPORTED and CI's oldest pin say the same thing."""
+    """pyproject.toml's ultralytics requirement, versions.SUPPORTED and CI's oldest pin say the same thing."""
     pyproject = ROOT / "pyproject.toml"
     if not pyproject.is_file():
         pytest.skip("not a source checkout")
     declared = re.search(r'"ultralytics([^"]*)"', pyproject.read_text()).group(1)
-    assert declared == host.SUPPORTED
+    assert declared == versions.SUPPORTED
     low = re.match(r">=([\d.]+),<([\d.]+)$", declared)
-    assert (host.parse(low.group(1)) + (0, 0))[:3] == (host.parse(host.OLDEST) + (0, 0))[:3]
-    assert low.group(2) == host.UPPER
+    assert (versions.parse(low.group(1)) + (0, 0))[:3] == (versions.parse(versions.OLDEST) + (0, 0))[:3]
+    assert low.group(2) == versions.UPPER
     pin = re.search(r"^ultralytics==([\d.]+)$", (ROOT / ".ci" / "oldest.txt").read_text(), re.M).group(1)
-    assert pin == host.OLDEST
-    assert host.in_range(host.OLDEST) and host.in_range(host.NEWEST_TESTED)
+    assert pin == versions.OLDEST
+    assert versions.in_range(versions.OLDEST) and versions.in_range(versions.NEWEST_TESTED)
 
 
 @pytest.mark.parametrize(
@@ -51,15 +51,15 @@ def test_declared_range_is_the_hooks_range():
     ],
 )
 def test_range_arithmetic(version, inside, newer):
-    assert host.in_range(version) is inside
-    assert host.newer_than_tested(version) is newer
+    assert versions.in_range(version) is inside
+    assert versions.newer_than_tested(version) is newer
 
 
 @pytest.fixture
 def version(monkeypatch):
     """Set the Ultralytics version the hook sees; the plugin is inactive meanwhile and active again afterwards."""
     yolo_plugins.deactivate()
-    monkeypatch.setattr(host, "_warned", False)
+    monkeypatch.setattr(versions, "_warned", False)
 
     def set_version(v: str) -> None:
         monkeypatch.setattr(ultralytics, "__version__", v)
@@ -79,8 +79,8 @@ def test_out_of_range_release_is_refused_clearly(version, old):
         yolo_plugins.activate()
     msg = str(e.value)
     assert f"ultralytics {old}" in msg and "outside the supported range" in msg
-    assert f"supported: ultralytics{host.SUPPORTED}" in msg
-    assert f"Run: pip install 'ultralytics{host.SUPPORTED}'" in msg and "YOLO_PLUGINS_AUTOLOAD=0" in msg
+    assert f"supported: ultralytics{versions.SUPPORTED}" in msg
+    assert f"Run: pip install 'ultralytics{versions.SUPPORTED}'" in msg and "YOLO_PLUGINS_AUTOLOAD=0" in msg
     assert "_SafeLoad" not in msg  # no contradicting detail about the host's internals
     assert not yolo_plugins.is_active() and tasks.__dict__ == before
 
@@ -109,11 +109,11 @@ def test_refusal_at_first_use_is_the_same_on_every_later_build(version):
 
 def test_newer_release_than_tested_is_hooked_with_one_warning(version):
     version("8.4.999")
-    with pytest.warns(host.HostVersionWarning) as record:
+    with pytest.warns(versions.HostVersionWarning) as record:
         yolo_plugins.activate()
     assert yolo_plugins.is_active()
     assert len(record) == 1 and "8.4.999 is newer than the newest release" in str(record[0].message)
-    assert f"ultralytics=={host.NEWEST_TESTED}" in str(record[0].message)
+    assert f"ultralytics=={versions.NEWEST_TESTED}" in str(record[0].message)
     yolo_plugins.deactivate()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second activation in the same process: no second warning
@@ -121,9 +121,9 @@ def test_newer_release_than_tested_is_hooked_with_one_warning(version):
 
 
 def test_tested_release_activates_without_a_warning(version):
-    version(host.NEWEST_TESTED)
+    version(versions.NEWEST_TESTED)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", host.HostVersionWarning)
+        warnings.simplefilter("error", versions.HostVersionWarning)
         yolo_plugins.activate()
     assert yolo_plugins.is_active()
 
@@ -140,7 +140,7 @@ def test_newer_release_whose_code_changed_is_refused_with_the_check(version, mon
         yolo_plugins.activate()
     msg = str(e.value)
     assert "ultralytics 8.4.999 (supported: ultralytics>=8.4,<8.5, tested: 8.4.0 to" in msg
-    assert "parse_model" in msg and f"Run: pip install 'ultralytics=={host.NEWEST_TESTED}'" in msg
+    assert "parse_model" in msg and f"Run: pip install 'ultralytics=={versions.NEWEST_TESTED}'" in msg
 
 
 class _Safe:
@@ -172,7 +172,7 @@ def test_restricted_loader_form_is_detected(members, torch_load, form):
 
 def test_the_installed_hosts_form_is_hooked():
     """The row the hook applies follows the detected form (the installed release's)."""
-    from yolo_plugins import hook
+    from yolo_plugins.host import hook
 
     form = safe_load.host_form(tasks)
     attrs = {(p.owner, p.attr) for p in hook._state["patches"]}
@@ -196,12 +196,12 @@ def test_a_none_the_host_does_not_take_becomes_its_default():
 
     old, new = _decoder(nn.ReLU()), _decoder(None)
     args = [2, [64, 64, 64], 96, None, -1]
-    fixed = host.none_to_default(old, args)
+    fixed = versions.none_to_default(old, args)
     assert isinstance(fixed[3], nn.ReLU) and fixed[3] is not old.__init__.__defaults__[3] and args[3] is None
     assert fixed[:3] == args[:3] and fixed[4:] == args[4:]
-    assert host.none_to_default(new, args) is args
-    assert host.none_to_default(old, [2, [64], 96]) == [2, [64], 96]  # act not given: nothing to replace
-    assert host.none_to_default(type("RTDETRDecoder", (_decoder(nn.ReLU()),), {"__module__": "mine"}), args) is args
+    assert versions.none_to_default(new, args) is args
+    assert versions.none_to_default(old, [2, [64], 96]) == [2, [64], 96]  # act not given: nothing to replace
+    assert versions.none_to_default(type("RTDETRDecoder", (_decoder(nn.ReLU()),), {"__module__": "mine"}), args) is args
 
 
 def test_scoped_form_allows_what_the_file_references_for_that_load_only(tmp_path):

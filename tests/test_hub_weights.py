@@ -1,4 +1,4 @@
-"""``pretrained=True``: timm's default ImageNet weights through the Hugging Face cache (``yolo_plugins.hub_weights``).
+"""``pretrained=True``: timm's default ImageNet weights through the Hugging Face cache (``yolo_plugins.weights.hub``).
 
 Nothing here touches the network: every test builds its own hub cache in a temporary folder (the layout
 ``huggingface_hub`` writes: ``models--<org>--<name>/refs/main``, ``blobs/<hash>``, ``snapshots/<commit>/<file>`` as a
@@ -22,8 +22,8 @@ import yaml
 from ultralytics import RTDETR, YOLO
 
 from yolo_plugins import EfficientViT, TimmBackbone
-from yolo_plugins.hub_weights import HubWeightsError, hub_cache_dir, hub_source, timm_weights_file
-from yolo_plugins.weights import WeightsError
+from yolo_plugins.weights.files import WeightsError
+from yolo_plugins.weights.hub import HubWeightsError, hub_cache_dir, hub_source, timm_weights_file
 
 FORKS = Path(__file__).parent / "fork_yamls"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -292,12 +292,12 @@ def test_download_only_when_not_cached(hub, online, monkeypatch):
 def test_false_none_and_local_files_never_ask_the_hub(tmp_path, monkeypatch, no_network):
     import huggingface_hub
 
-    import yolo_plugins.hub_weights
+    import yolo_plugins.weights.hub
 
     def refuse(*args, **kwargs):
         raise AssertionError("the hub was asked although pretrained was not True")
 
-    monkeypatch.setattr(yolo_plugins.hub_weights, "timm_weights_file", refuse)
+    monkeypatch.setattr(yolo_plugins.weights.hub, "timm_weights_file", refuse)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     for pretrained in (False, None):
         assert EfficientViT("m0", pretrained=pretrained).load_report is None

@@ -18,8 +18,8 @@ import official_fixture as fx
 import pytest
 import torch
 
-from yolo_plugins.official_dfine import build, family_of, load_official, recognise
-from yolo_plugins.weights import WeightsError
+from yolo_plugins.weights.files import WeightsError
+from yolo_plugins.weights.official_dfine import build, family_of, load_official, recognise
 
 MODELS = {  # fixture: (family, size, zoo YAML)
     "dfine_n": ("D-FINE", "n", "dfine-n.yaml"),
@@ -147,7 +147,7 @@ def test_import_weights_command_writes_an_ultralytics_checkpoint(dfine_n, tmp_pa
     torch.save({"model": sd}, src)
     dst = tmp_path / "rtdetr-dfine-n-coco.pt"
     run = subprocess.run(
-        [sys.executable, "-m", "yolo_plugins.cli", "import-weights", str(src), "-o", str(dst)],
+        [sys.executable, "-m", "yolo_plugins.commands.cli", "import-weights", str(src), "-o", str(dst)],
         capture_output=True,
         text=True,
     )
@@ -174,7 +174,7 @@ def test_import_weights_command_writes_an_ultralytics_checkpoint(dfine_n, tmp_pa
 def test_import_weights_refuses_what_it_cannot_convert(dfine_n, tmp_path):
     """Unknown keys, a partial file, class heads that disagree, a layout without a YAML, DEIMv2 files: a clear error
     naming what was found, nothing written."""
-    from yolo_plugins.import_weights import import_weights
+    from yolo_plugins.commands.import_weights import import_weights
 
     meta, out, sd = dfine_n
     cases = {

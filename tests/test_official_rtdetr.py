@@ -17,8 +17,8 @@ import official_fixture as fx
 import pytest
 import torch
 
-from yolo_plugins.official_rtdetr import build, load_official, recognise
-from yolo_plugins.weights import WeightsError
+from yolo_plugins.weights.files import WeightsError
+from yolo_plugins.weights.official_rtdetr import build, load_official, recognise
 
 MODELS = ["rtdetr_r18vd", "rtdetr_r50vd", "rtdetrv2_r18vd"]
 EXPECTED = {
@@ -106,7 +106,7 @@ def test_other_class_count_keeps_everything_but_the_class_heads(r18, tmp_path):
     """nc=3: the class-dependent decoder heads keep their fresh initialisation, every other tensor is the file's."""
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
-    from yolo_plugins.warm_start import role_keys
+    from yolo_plugins.weights.warm_start import role_keys
 
     meta, out, sd = r18
     path = tmp_path / "rtdetr_r18vd.pth"
@@ -136,7 +136,7 @@ def test_import_weights_command_writes_an_ultralytics_checkpoint(r18, tmp_path):
     torch.save({"ema": {"module": sd}}, src)
     dst = tmp_path / "rtdetr-r18vd-coco.pt"
     run = subprocess.run(
-        [sys.executable, "-m", "yolo_plugins.cli", "import-weights", str(src), "-o", str(dst)],
+        [sys.executable, "-m", "yolo_plugins.commands.cli", "import-weights", str(src), "-o", str(dst)],
         capture_output=True,
         text=True,
     )
@@ -161,7 +161,7 @@ def test_import_weights_command_writes_an_ultralytics_checkpoint(r18, tmp_path):
 
 def test_import_weights_refuses_what_it_cannot_convert(r18, tmp_path):
     """Unknown keys, missing keys, a layout without a YAML, other files and dsp checkpoints: named, nothing written."""
-    from yolo_plugins.import_weights import import_weights
+    from yolo_plugins.commands.import_weights import import_weights
 
     meta, out, sd = r18
     cases = {

@@ -13,8 +13,9 @@ from torch import nn
 from ultralytics.nn import tasks
 
 import yolo_plugins
-from yolo_plugins import hook, parser_patch, registry
+from yolo_plugins import registry
 from yolo_plugins.errors import LayerError
+from yolo_plugins.host import hook, parser_patch
 
 STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
 STOCK_YAMLS = sorted(p for d in ("rt-detr", "v10", "v8", "11") for p in (STOCK / d).glob("*.yaml"))

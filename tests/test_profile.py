@@ -21,7 +21,7 @@ from yolo_plugins.profile.counting import msdeform_attn_macs
 from yolo_plugins.profile.sweep import deployable, measure
 from yolo_plugins.profile.timing import DECODER_STEPS, time_components
 from yolo_plugins.profile.variants import variants
-from yolo_plugins.roles import analyse
+from yolo_plugins.weights.roles import analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 R50 = "rtdetr-resnet50.yaml"
@@ -289,7 +289,7 @@ def test_cli_module_and_console_script():
 
 
 def test_console_script_list_and_usage(capsys):
-    from yolo_plugins.cli import main
+    from yolo_plugins.commands.cli import main
 
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -61,7 +61,7 @@ import pytest
 import torch
 from ultralytics.engine.trainer import BaseTrainer
 
-from yolo_plugins.main_job import model_class
+from yolo_plugins.commands.main_job import model_class
 
 MODELS = ["rtdetr-effvit.yaml", "yolov10-effvit.yaml", "dfine-effvit.yaml"]  # the plain names build scale n
 UNTIMED = "time"  # the results.csv column of wall-clock seconds

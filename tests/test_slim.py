@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from yolo_plugins.slim import slim
+from yolo_plugins.commands.slim import slim
 
 IMGSZ = 64
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from yolo_plugins import TimmBackbone
 from yolo_plugins.errors import LayerError
-from yolo_plugins.weights import WeightsError
+from yolo_plugins.weights.files import WeightsError
 
 # A ResNet, a ConvNeXt, MIT's EfficientViT and two re-parameterisable families (mobileone_s0 works too, but slowly).
 FAMILIES = [

@@ -9,7 +9,7 @@ import official_fixture as fx
 import pytest
 import torch
 
-from yolo_plugins.warm_start import role_keys
+from yolo_plugins.weights.warm_start import role_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = sorted(Path(p).name for p in glob.glob(str(ROOT / "cfg" / "models" / "rtdetr*.yaml")))
@@ -92,7 +92,7 @@ def test_train_with_an_official_pth_as_pretrained(tmp_path, tiny_data):
     from holds the file's tensors everywhere but the class-dependent heads."""
     from ultralytics import RTDETR
 
-    from yolo_plugins.official_rtdetr import build, recognise
+    from yolo_plugins.weights.official_rtdetr import build, recognise
 
     meta, _ = fx.load("rtdetr_r18vd")
     sd = fx.release_state_dict(meta)
@@ -144,7 +144,7 @@ def test_train_with_an_official_pth_as_pretrained(tmp_path, tiny_data):
 
 def test_stock_to_stock_loads_stay_the_hosts(monkeypatch):
     """Loading a stock RT-DETR into a stock YAML never takes the role path (stock behaviour unchanged)."""
-    import yolo_plugins.warm_start as ws
+    import yolo_plugins.weights.warm_start as ws
 
     def refuse(*args, **kwargs):
         raise AssertionError("the role transfer ran for two stock models")

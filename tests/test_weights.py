@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import yolo_plugins.paths
-from yolo_plugins.weights import (
+from yolo_plugins.weights.files import (
     LoadReport,
     WeightsError,
     load_pretrained,

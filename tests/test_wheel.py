@@ -29,7 +29,8 @@ from ultralytics.data import utils as data_utils
 from ultralytics.utils.checks import check_file
 
 import yolo_plugins, yolo_plugins_autoload
-from yolo_plugins import paths, scales
+from yolo_plugins import paths
+from yolo_plugins.host import scales
 
 def attempt(fn):
     try:
@@ -105,7 +106,7 @@ def test_wheel_ships_the_package_the_zoo_and_the_startup_files(wheel):
             assert z.read(arc) == src.read_bytes(), f"{arc} differs from {src}"
 
         (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
-        assert "yolo-plugins = yolo_plugins.cli:main" in z.read(entry_points).decode()
+        assert "yolo-plugins = yolo_plugins.commands.cli:main" in z.read(entry_points).decode()
 
 
 def running_site_dirs() -> list[Path]:

@@ -15,7 +15,7 @@ timm's code is copied; timm is imported on first use so that ``import ultralytic
   attention biases are sized for that); timm pads every feature map to whole windows, so any input size works.
 * ``pretrained=<path>`` loads a local timm or official (microsoft/Cream) checkpoint (see ``yolo_plugins.weights``);
   ``pretrained=True`` loads timm's default ImageNet weights (``timm/efficientvit_mN.r224_in1k``) from the Hugging Face
-  cache, downloading them into it only when missing (``yolo_plugins.hub_weights``), through the same loader.
+  cache, downloading them into it only when missing (``yolo_plugins.weights.hub``), through the same loader.
   Nothing downloads unless ``True`` is given.
 * ``fuse()`` folds every conv+BN and BN+linear pair in place (the engine's ``model.fuse()`` calls it).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..registry import register
-from ..weights import LoadReport, StateDict, load_pretrained
+from ..weights.files import LoadReport, StateDict, load_pretrained
 from .timm_base import TimmBasedBackbone
 
 # Stage widths of each variant (the paper's Table, as timm's efficientvit_m0..m5 build them; a test checks timm).

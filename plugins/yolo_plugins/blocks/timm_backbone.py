@@ -11,7 +11,7 @@ on the meta device (no memory, no forward, no download). Select maps with ``Pick
 * ``pretrained`` is a local weights file (a timm classifier state dict, a timm ``features_only`` state dict, or a
   wrapped checkpoint; see ``yolo_plugins.weights``), or ``True``: timm's default ImageNet weights for the model name
   (its pretrained config's Hugging Face Hub repo, e.g. ``timm/resnet18.a1_in1k``), read from the Hugging Face cache
-  and downloaded into it only when missing (``yolo_plugins.hub_weights``). Either way the file is loaded by the same
+  and downloaded into it only when missing (``yolo_plugins.weights.hub``). Either way the file is loaded by the same
   validated all-or-nothing loader; ``False``/``None``: random weights. Nothing downloads unless ``True`` is given.
 * ``first_projection=True`` gives block 0 of the first stage of a timm ResNet a 1x1 conv + BN projection shortcut
   where timm has the identity (BasicBlock depths: ``resnet18d``/``resnet34d``). The official RT-DETR PResNet-18/34
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..registry import register
-from ..weights import LoadReport, StateDict
+from ..weights.files import LoadReport, StateDict
 from .timm_base import TimmBasedBackbone
 
 OutIndices = Union[Sequence[int], int, None]
@@ -233,7 +233,7 @@ class TimmBackbone(TimmBasedBackbone):
 
     def _load(self, path: str | Path) -> LoadReport:
         """Load a local timm classifier or features_only state dict into the wrapped model."""
-        from ..weights import WeightsError, load_pretrained
+        from ..weights.files import WeightsError, load_pretrained
 
         name = f"TimmBackbone({self.name})"
         try:

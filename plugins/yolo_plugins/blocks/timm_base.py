@@ -5,7 +5,7 @@
   their BatchNorms to a subclass that adds nothing keeps timm's values while every ``isinstance(m, nn.BatchNorm2d)``
   check (fusing, thop, the engine) still holds.
 * Pretrained weights and the fused state: ``pretrained=`` loads a local file, or with ``True`` timm's default ImageNet
-  weights through the Hugging Face cache (``yolo_plugins.hub_weights``: cache first, downloaded only when missing and
+  weights through the Hugging Face cache (``yolo_plugins.weights.hub``: cache first, downloaded only when missing and
   the hub is online), at construction (never after ``fuse()``); both go through the same validated all-or-nothing
   loader. The load report is kept for the user but left out of pickles (checkpoints hold tensors and plain attributes
   only).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..weights import LoadReport
+from ..weights.files import LoadReport
 
 
 class TimmBatchNorm2d(nn.BatchNorm2d):
@@ -45,12 +45,12 @@ class TimmBasedBackbone(nn.Module):
 
     def load(self, path: str | Path | bool) -> LoadReport:
         """Load a local weights file, or with ``True`` timm's default ImageNet weights for this model through the
-        Hugging Face cache (see ``yolo_plugins.hub_weights``); all tensors are validated first, or nothing is loaded
-        (see ``yolo_plugins.weights``)."""
+        Hugging Face cache (see ``yolo_plugins.weights.hub``); all tensors are validated first, or nothing is loaded
+        (see ``yolo_plugins.weights.files``)."""
         if self.fused:
             raise RuntimeError(f"{type(self).__name__}: load weights before fuse(); fused layers have no BatchNorm")
         if path is True:
-            from ..hub_weights import timm_weights_file
+            from ..weights.hub import timm_weights_file
 
             path = timm_weights_file(self._timm_name(), type(self).__name__)
         return self._load(path)

@@ -74,7 +74,7 @@ def load_model(model: str, weights: str | None = None):
     """A model in eval mode from a YAML (any task; RT-DETR YAMLs build an RTDETRDetectionModel) or a checkpoint."""
     from ultralytics.nn import tasks
 
-    from ..main_job import is_rtdetr_head
+    from ..commands.main_job import is_rtdetr_head
 
     if str(model).endswith(".pt"):
         m, _ = tasks.load_checkpoint(model)

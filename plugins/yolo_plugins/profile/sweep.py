@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..roles import analyse
+from ..weights.roles import analyse
 from . import table
 from .counting import Counts, count
 from .timing import Timing, time_components

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..roles import DECODER_ORDER, ENCODER_ROLES, Layers, analyse, decoder_role
+from ..weights.roles import DECODER_ORDER, ENCODER_ROLES, Layers, analyse, decoder_role
 from .counting import Counts
 from .timing import Timing
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..roles import FUSION_ROLES, Layers, absolute_inputs, analyse
+from ..weights.roles import FUSION_ROLES, Layers, absolute_inputs, analyse
 
 KNOBS = ("decoder_layers", "queries", "ccff_depth", "drop_s3", "hidden_dim")
 NO_RETRAINING = ("decoder_layers", "queries")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import LayerError
+from ..errors import LayerError
 
 EFFICIENTVIT = re.compile(r"^EfficientViT_M([0-5])$")
 SLOTS = 5  # the forks pad the backbone's channel list to five entries: indices 0-4
@@ -69,7 +69,7 @@ def backbone(name: str, args: list, index: int = 0) -> ForkBackbone | None:
     """The native backbone for a fork's row-0 module ``name`` with ``args``; None if it is not one we know."""
     m = EFFICIENTVIT.match(name)
     if m:
-        from .blocks.efficientvit import EfficientViT
+        from ..blocks.efficientvit import EfficientViT
 
         if len(args) > 1:
             raise LayerError(index, name, f"takes [], [True] (timm's ImageNet weights) or [weights file], got {args!r}")
@@ -87,7 +87,7 @@ def backbone(name: str, args: list, index: int = 0) -> ForkBackbone | None:
     if pretrained is not True and pretrained not in (False, None, 0):
         raise LayerError(index, name, f"args[0] must be pretrained True/False, got {pretrained!r}")
     weights = args[1:] if len(args) > 1 and args[1] else ([True] if pretrained is True else [])
-    from .blocks.timm_backbone import TimmBackbone
+    from ..blocks.timm_backbone import TimmBackbone
 
     _, strides = TimmBackbone.feature_info_for(name)
     if len(strides) > SLOTS:

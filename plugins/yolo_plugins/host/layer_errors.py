@@ -29,8 +29,8 @@ import linecache
 from types import TracebackType
 from typing import Any, Callable
 
+from ..errors import PluginError, layer_message
 from . import yaml_rows
-from .errors import PluginError, layer_message
 
 NOTES = hasattr(BaseException, "add_note")  # Python 3.11+ (PEP 678); before, the row becomes a line of the message
 _SUBCLASSES: dict[type, type] = {}  # original class -> the subclass that carries a named message for it

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .fork_yaml import SLOTS, ForkBackbone, looks_like_fork, translate
+from ..host.fork_yaml import SLOTS, ForkBackbone, looks_like_fork, translate
 
 _BARE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
 _YAML_WORDS = {"null", "none", "true", "false", "yes", "no", "on", "off", "y", "n", "~"}
@@ -90,7 +90,7 @@ def convert_file(path: str | Path, out: str | Path | None = None) -> tuple[Path,
     """Convert the fork-style YAML at ``path``; writes ``out`` (default ``<name>-native.yaml`` beside it)."""
     from ultralytics.nn import tasks
 
-    from . import activate
+    from ..host.hook import activate
 
     activate()
     path = Path(path)

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Callable
 
-from .paths import cfg_dir
+from ..paths import cfg_dir
 
 
 def find_dataset(name: str) -> Path | None:

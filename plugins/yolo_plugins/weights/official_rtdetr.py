@@ -31,7 +31,7 @@ from typing import Callable
 
 from torch import nn
 
-from .weights import OPTIONAL_SUFFIXES, StateDict, WeightsError, read_weights
+from .files import OPTIONAL_SUFFIXES, StateDict, WeightsError, read_weights
 
 HEADS = 8  # every official config; the sampling-point count is read from the tensors with it
 LEVELS = 3

@@ -18,7 +18,7 @@ import inspect
 import re
 from typing import Any
 
-from .errors import HostVersionError
+from ..errors import HostVersionError
 
 OLDEST = "8.4.0"  # the oldest release supported (CI's compatibility run installs exactly this one)
 NEWEST_TESTED = "8.4.190"  # the newest release the full test suite ran against

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from . import registry
+from .. import registry
 
 TRUSTED = ("yolo_plugins", "timm")  # packages whose nn.Module classes a plugin checkpoint may reference
 DATA = ("timm.models._features.FeatureInfo", "timm.layers.format.Format")  # non-module types inside timm backbones
@@ -57,7 +57,7 @@ SCOPED_MEMBERS = ("_globals", "loading")  # the per-load allow-list form (torch_
 def host_form(tasks) -> str:
     """Which restricted loader ``tasks`` has: ``"none"``, ``"scoped"`` or ``"registry"`` (see the module docstring);
     raises ``HostVersionError`` for a ``_SafeLoad`` of neither known form."""
-    from .host import refuse
+    from .versions import refuse
 
     safe = getattr(tasks, "_SafeLoad", None)
     if safe is None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import registry
+from .. import registry
 
 
 def fusable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:

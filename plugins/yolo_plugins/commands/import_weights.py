@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .official import FORMATS, load_official
-from .weights import WeightsError, resolve_weights
+from ..weights.files import WeightsError, resolve_weights
+from ..weights.official import FORMATS, load_official
 
 
 def default_output(path: str | Path) -> Path:

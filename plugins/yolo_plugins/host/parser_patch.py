@@ -7,6 +7,13 @@ rule, runs registered checks on host-built layers, computes ``ch[f]`` for every 
 ``from`` fails exactly as before) and returns everything else unchanged. Nothing of upstream's body lives in this
 project; if the host's code no longer has the shape expected, or lacks a local the dispatch reads, ``refuse`` says so
 with the installed version and the supported range.
+
+Why not a smaller hook (checked against 8.4.0 and 8.4.190, whose ``parse_model`` has the same shape): the host keeps
+the channel bookkeeping in locals of this one function (``ch``, ``c2``, and the ``base_modules``/``repeat_modules``
+sets built inside each call), and an unknown class falls through to ``c2 = ch[f]`` with its YAML args unchanged. The
+only module-level thing it consults is its globals, for names (where activation adds ours). A wrapper sees the dict
+before and the built model after, when later rows are already built on wrong input channels; a subclass of a host
+block is built as that block; there is no registry of channel rules to add to.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ import inspect
 import textwrap
 from typing import Any, Callable
 
-from . import registry
-from .channels import Layer
-from .errors import LayerError
-from .host import none_to_default, refuse
+from .. import registry
+from ..channels import Layer
+from ..errors import LayerError
+from .versions import none_to_default, refuse
 
 DISPATCH = "_yolo_plugins_layer"  # the name the patched parse_model calls, added to the host module's globals
 FRAME = ("i", "f", "n", "m", "args", "c2", "ch", "width", "max_channels", "d")  # parse_model locals dispatch reads

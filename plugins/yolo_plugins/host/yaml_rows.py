@@ -15,8 +15,8 @@ from __future__ import annotations
 import ast
 from typing import Callable
 
-from . import registry
-from .errors import LayerError, LayerIndexError, UnknownModuleError
+from .. import registry
+from ..errors import LayerError, LayerIndexError, UnknownModuleError
 from .fork_yaml import SLOTS, looks_like_fork, translate
 from .rtdetr_loss import check as check_criterion
 

@@ -5,7 +5,7 @@ and the replacement, side by side. ``activate()`` checks the host first (version
 the locals the dispatch reads, which form of restricted loading ``safe_load`` meets) and refuses with the version
 message before anything is patched; then it applies every row and adds the registered names to
 ``ultralytics.nn.tasks``' globals (where ``parse_model`` resolves YAML module names; host names are never touched).
-The range and the refusal message live in ``host``; a refusal while the start-up hook's first-use trampolines were
+The range and the refusal message live in ``versions``; a refusal while the start-up hook's first-use trampolines were
 set sets them again (``first_use``), so every later model use in the process is refused with the same message.
 Registrations and ``unregister()`` made while active reach the host at once. ``deactivate()`` puts every original
 back and removes every added name.
@@ -24,8 +24,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import host, registry
-from .errors import HostVersionError
+from .. import registry
+from ..errors import HostVersionError
+from . import versions
 from .parser_patch import DISPATCH, compile_patched, dispatch, refuse
 from .user_blocks import import_user_blocks
 
@@ -69,10 +70,10 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from ultralytics.models.yolo import model as ymodel
     from ultralytics.utils import checks
 
+    from ..weights.loading import wrap_load_checkpoint, wrap_model_load
     from .data_names import wrap_check_file
     from .fusing import wrap_fuse, wrap_is_fused
     from .layer_errors import wrap_forward, wrap_model_init, wrap_parse_model
-    from .loading import wrap_load_checkpoint, wrap_model_load
     from .norms import wrap_initialize_weights
     from .rtdetr_loss import wrap_rtdetr_loss
     from .rtdetr_route import wrap_yolo_init
@@ -166,8 +167,8 @@ def activate() -> None:
             return
         safe_added: set[str] = set()
         try:
-            host.check_range()  # first: the blocks import host modules an older release may lack
-            from . import blocks  # noqa: F401  (registers the built-in blocks)
+            versions.check_range()  # first: the blocks import host modules an older release may lack
+            from .. import blocks  # noqa: F401  (registers the built-in blocks)
 
             import_user_blocks()
             table = patches(tasks, safe_added)  # may refuse: nothing is patched yet
@@ -175,7 +176,7 @@ def activate() -> None:
             if armed:  # the start-up hook's trampolines go back: every later use is refused the same way
                 sys.modules[f"{__package__}.first_use"].rearm()
             raise
-        host.warn_if_newer(stacklevel=3)
+        versions.warn_if_newer(stacklevel=3)
         added: set[str] = set()
         try:
             for entry in registry.entries().values():

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import StateDict, WeightsError, read_weights
 from .official_rtdetr import load_by_role, map_to_roles, rename
-from .weights import StateDict, WeightsError, read_weights
 
 FAMILIES = ("D-FINE", "DEIM")
 SIZES = {(2, 128): "n", (3, 256): "s"}  # (levels, hidden) -> size of the zoo

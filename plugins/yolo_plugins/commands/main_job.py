@@ -68,8 +68,8 @@ def is_rtdetr_head(name: str) -> bool:
     """Whether the YAML module ``name`` is ``RTDETRDecoder`` or a registered subclass of it (``FDRDecoder``)."""
     from ultralytics.nn.modules.head import RTDETRDecoder
 
-    from . import blocks  # noqa: F401  (registers the built-in heads)
-    from .registry import entries
+    from .. import blocks  # noqa: F401  (registers the built-in heads)
+    from ..registry import entries
 
     entry = entries().get(str(name))
     return str(name) == "RTDETRDecoder" or (entry is not None and issubclass(entry.cls, RTDETRDecoder))

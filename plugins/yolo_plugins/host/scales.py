@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from .paths import cfg_dir
+from ..paths import cfg_dir
 
 _LETTER = re.compile(r"^(?P<base>.+)-(?P<scale>[a-z])$")
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "profile":
-        from .profile.__main__ import main as profile_main
+        from ..profile.__main__ import main as profile_main
 
         return profile_main(rest, prog="yolo-plugins profile")
     if cmd == "main-job":

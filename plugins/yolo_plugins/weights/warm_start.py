@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .files import OPTIONAL_SUFFIXES, WeightsError
 from .roles import analyse
-from .weights import OPTIONAL_SUFFIXES, WeightsError
 
 ROLE_NAMES = {
     "input projections": "input_proj",

@@ -19,7 +19,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import registry
+from .. import registry
 
 FOREIGN_SUFFIXES = (".pth", ".pth.tar", ".bin", ".safetensors")
 
@@ -35,8 +35,8 @@ def official_checkpoint(path: str | Path) -> tuple[nn.Module, dict] | None:
     from ultralytics import __version__
     from ultralytics.utils import LOGGER
 
+    from .files import WeightsError
     from .official import load_official
-    from .weights import WeightsError
 
     try:
         found = load_official(path)

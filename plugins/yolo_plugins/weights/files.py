@@ -2,7 +2,7 @@
 
 ``resolve_weights`` looks a relative path up in the working directory, then in the folders of
 ``YOLO_PLUGINS_WEIGHTS``, then in the checkout's ``weights/`` folder; it never downloads (the backbones' ``True``,
-timm's ImageNet weights through the Hugging Face cache, is turned into a local file by ``hub_weights`` first).
+timm's ImageNet weights through the Hugging Face cache, is turned into a local file by ``weights.hub`` first).
 ``load_pretrained`` reads ``.pt``/``.pth`` (and any ``torch.save`` file) or ``.safetensors``, unwraps the usual
 containers (``{'model': ...}``, ``{'state_dict': ...}``, ``{'ema': ...}``, Ultralytics checkpoints holding a whole
 module, DDP's ``module.`` prefix), finds the prefix the module's keys sit below (``model.0.``, mmdetection's
@@ -28,8 +28,8 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from .errors import PluginError
-from .paths import weights_dirs
+from ..errors import PluginError
+from ..paths import weights_dirs
 
 StateDict = dict[str, torch.Tensor]
 Remap = Callable[[StateDict], tuple[StateDict, str]]

@@ -1,0 +1,1 @@
+"""The ``yolo-plugins`` console commands (``cli.py`` dispatches): convert, import-weights, slim, the main job."""
