@@ -98,9 +98,9 @@ def test_head_follows_an_efficientvit_encoder_with_inferred_channels(tmp_path):
         _model(EFFVIT_HEAD.replace("[[1, 10, 13], 1, FDRDecoder", "[13, 1, FDRDecoder"), tmp_path)
 
 
-def test_training_step_with_the_stock_rtdetr_loss(tmp_path):
-    """In training the head returns what the stock RT-DETR loss takes (every layer, denoising groups): the loss is
-    finite, reaches every decoder layer and the encoder, and also works for a batch with no boxes at all."""
+def test_training_step_with_the_heads_criterion(tmp_path):
+    """In training the head returns every layer, the denoising groups and its criterion's extras: the loss is finite,
+    reaches every decoder layer and the encoder, and also works for a batch with no boxes at all."""
     torch.manual_seed(0)
     model = _model(EFFVIT_HEAD, tmp_path).train()
     from ultralytics.cfg import get_cfg

@@ -66,7 +66,7 @@ def test_edge_targets_interpolate_the_true_distance_between_two_bins():
 
 def test_mal_matches_its_definition():
     """MAL: a matched query learns IoU**gamma at weight 1, an unmatched one 0 at weight p**gamma."""
-    from yolo_plugins.rtdetr_loss import mal
+    from yolo_plugins.blocks.dfine.criterion import mal
 
     logits = torch.tensor([[[0.3, -1.0], [2.0, 0.5]]])  # 1 image, 2 queries, 2 classes
     target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # query 0 matched to class 0

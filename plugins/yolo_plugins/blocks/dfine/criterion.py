@@ -27,12 +27,23 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.utils.metrics import bbox_iou
 
-from ...rtdetr_loss import mal
 from .distribution import weighting_function
 from .matching import Match, denoising, flat, union
 
 WEIGHTS = {"class": 1.0, "l1": 5.0, "giou": 2.0, "fgl": 0.15, "ddf": 1.5}
 CLASS_LOSSES = ("vfl", "mal")
+
+
+def mal(logits: torch.Tensor, quality: torch.Tensor, target: torch.Tensor, gamma: float = 1.5) -> torch.Tensor:
+    """DEIM's matchability-aware loss, summed over queries and classes and averaged over queries (per image).
+
+    ``quality``: the matched box's IoU at its class (0 elsewhere); ``target``: 1 at the matched class. Matched queries
+    learn ``IoU**gamma`` at full weight, so low-IoU matches still count; the rest learn 0 with weight ``p**gamma``.
+    """
+    logits = logits.float()
+    weight = logits.detach().sigmoid().pow(gamma) * (1 - target) + target
+    loss = F.binary_cross_entropy_with_logits(logits, quality.float().pow(gamma), weight=weight, reduction="none")
+    return loss.mean(1).sum()
 
 
 def class_loss(

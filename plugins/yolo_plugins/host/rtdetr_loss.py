@@ -20,27 +20,16 @@ import functools
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 CRITERIA = ("rtdetr", "deim", "dfine")
 STOCK_HEAD_CRITERIA = ("rtdetr", "deim")
 
 
-def mal(logits: torch.Tensor, quality: torch.Tensor, target: torch.Tensor, gamma: float = 1.5) -> torch.Tensor:
-    """DEIM's matchability-aware loss, summed over queries and classes and averaged over queries (per image).
-
-    ``quality``: the matched box's IoU at its class (0 elsewhere); ``target``: 1 at the matched class. Matched queries
-    learn ``IoU**gamma`` at full weight, so low-IoU matches still count; the rest learn 0 with weight ``p**gamma``.
-    """
-    logits = logits.float()
-    weight = logits.detach().sigmoid().pow(gamma) * (1 - target) + target
-    loss = F.binary_cross_entropy_with_logits(logits, quality.float().pow(gamma), weight=weight, reduction="none")
-    return loss.mean(1).sum()
-
-
 def stock_mal_loss(nc: int) -> Any:
     """Ultralytics' RT-DETR loss with MAL as its classification term (same names, gains and matching)."""
     from ultralytics.models.utils.loss import RTDETRDetectionLoss
+
+    from ..blocks.dfine.criterion import mal
 
     class RTDETRMALLoss(RTDETRDetectionLoss):
         def _get_loss_class(self, pred_scores, targets, gt_scores, num_gts, postfix=""):

@@ -15,7 +15,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
-from . import registry
+from .. import registry
 
 
 def plugin_rtdetr_head(model: Any) -> bool:
