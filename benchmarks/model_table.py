@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from speed import cpu_model  # the benchmarks' one CPU-name reader (this folder is on sys.path)
+
 import yolo_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,17 +128,6 @@ def markdown(rows: list[Row]) -> str:
             f"| {r.gflops_fused:.1f} |" + (f" {r.latency_ms:.0f} |" if timed else "")
         )
     return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load() -> str:

@@ -17,6 +17,7 @@ model is built (``check``), so a wrong one fails before the first epoch.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -81,8 +82,21 @@ def chosen(model: Any) -> str:
     return value or (head_criteria(type(model.model[-1])) or STOCK_HEAD_CRITERIA)[0]
 
 
+def named_items(original: Callable) -> bool:
+    """Whether the host's RT-DETR loss returns its logged terms as a dict by name (newer 8.4 releases: the trainer
+    takes the column names from it) rather than a tensor for fixed ``giou_loss, cls_loss, l1_loss`` columns."""
+    try:
+        return '"giou_loss"' in inspect.getsource(original)
+    except (OSError, TypeError):  # no source: assume the newest contract
+        return True
+
+
 def wrap_rtdetr_loss(original: Callable) -> Callable:
-    """``RTDETRDetectionModel.loss`` that trains with the model's ``criterion:`` (stock when nothing is chosen)."""
+    """``RTDETRDetectionModel.loss`` that trains with the model's ``criterion:`` (stock when nothing is chosen).
+
+    On a host whose trainer has three fixed loss columns, a head's own criterion reports its GIoU, classification and
+    L1 terms in them (the other terms still count in the loss)."""
+    named = named_items(original)
 
     @functools.wraps(original)
     def loss(self, batch: dict, preds: Any = None) -> Any:
@@ -107,6 +121,10 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
         if preds is None:
             preds = self.predict(img, batch=targets)
         out = head.criterion_inputs(preds if self.training else preds[1])
-        return self.criterion(out, targets)
+        total, items = self.criterion(out, targets)
+        if not named:
+            giou, cls, l1 = items["giou_loss"], next(iter(items.values())), items["l1_loss"]
+            return total, torch.stack([giou, cls, l1])
+        return total, items
 
     return loss
