@@ -218,3 +218,35 @@ def test_yolo_train_logs_the_criterion_terms_by_name(tiny_data, tmp_path):
     for name in ("mal_loss", "l1_loss", "giou_loss", "fgl_loss", "ddf_loss"):
         assert f"train/{name}" in columns and f"val/{name}" in columns, columns
     assert np.isfinite([float(v) for v in row.split(",")[1:]]).all()
+
+
+@pytest.mark.parametrize("name", ["dfine_n", "deimv2_atto"])
+def test_fine_tuning_a_converted_official_checkpoint_lowers_its_criterion(name, tmp_path):
+    """A converted official file (the fixture's seeded weights, official layout) fine-tuned for a few steps on one
+    batch with its YAML's criterion (D-FINE-N: VFL, DEIMv2-Atto: MAL): the loss goes down, every term finite."""
+    import official_fixture as fx
+    from ultralytics import RTDETR
+
+    from yolo_plugins.commands.import_weights import import_weights
+
+    meta, _ = fx.load(name, fx.FIXTURES_DFINE)
+    source = tmp_path / f"{name}_coco.pth"
+    torch.save({"model": fx.release_state_dict(meta)}, source)
+    net = RTDETR(str(import_weights(source, tmp_path / f"{name}.pt")[0])).model.float().train()
+    for p in net.parameters():
+        p.requires_grad_(True)  # a loaded checkpoint comes frozen for inference
+    g = torch.Generator().manual_seed(0)
+    batch = {**_batch(*BATCH, size=160), "img": torch.rand(2, 3, 160, 160, generator=g)}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(6):
+        torch.manual_seed(1)  # the same denoising noise every step
+        loss, items = net.loss(batch)
+        assert all(torch.isfinite(v) for v in items.values()), items
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    kind = "vfl" if name == "dfine_n" else "mal"
+    assert f"{kind}_loss" in items and net.criterion.cls == kind
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # every step lowers it

@@ -255,7 +255,8 @@ class FDRCriterion(nn.Module):
 
     def _match(self, out: dict, targets: dict, gt_groups: list[int]) -> Match:
         device = out["boxes"].device
-        match = self.matcher(out["boxes"], out["logits"], targets["bboxes"], targets["cls"], gt_groups)
+        boxes, logits = out["boxes"].contiguous(), out["logits"].contiguous()  # older hosts' matcher uses .view
+        match = self.matcher(boxes, logits, targets["bboxes"], targets["cls"], gt_groups)
         return [(s.to(device).long(), g.to(device).long()) for s, g in match]
 
     @staticmethod
