@@ -10,19 +10,26 @@ e.g. ``FDRDecoder``) always trains with it. Values:
 * ``dfine``: the D-FINE criterion with the varifocal loss (``FDRDecoder`` only).
 
 DEIM's other half, dense one-to-one matching, is data: mosaic and mix-up for the early epochs, off at the end. That
-is Ultralytics' ``mosaic=``, ``mixup=`` and ``close_mosaic=`` (docs/training-deim.md). The value is checked when the
-model is built (``check``), so a wrong one fails before the first epoch.
+is Ultralytics' ``mosaic=``, ``mixup=`` and ``close_mosaic=`` (docs/training-deim.md).
+
+``o2m: gain`` (or ``[gain, topk]``) adds, with any criterion, one-to-many supervision of the encoder's anchors
+(``blocks.dense_anchors``: YOLO-style task-aligned targets on every anchor, training only; logged as ``o2m_*``).
+Both keys are checked when the model is built (``check``), so a wrong value fails before the first epoch.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from typing import Any, Callable
 
 import torch
 
 CRITERIA = ("rtdetr", "deim", "dfine")
+O2M_TOPK = 2
+DENSE_LOSSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its DenseAnchorLoss, kept off the
+# model so that checkpoints and EMA copies do not carry it
 STOCK_HEAD_CRITERIA = ("rtdetr", "deim")
 
 
@@ -54,22 +61,38 @@ def head_criteria(head_cls: type) -> tuple[str, ...] | None:
     return tuple(getattr(head_cls, "CRITERIA", STOCK_HEAD_CRITERIA))
 
 
+def o2m_setting(value: Any) -> tuple[float, int]:
+    """``o2m:`` as (gain, topk): a number >= 0 (topk 2) or ``[gain, topk]``; ValueError naming the key otherwise."""
+    gain, topk = (value, O2M_TOPK) if not isinstance(value, (list, tuple)) else (tuple(value) + (None,))[:2]
+    ok = isinstance(gain, (int, float)) and not isinstance(gain, bool) and gain >= 0
+    ok = ok and isinstance(topk, int) and not isinstance(topk, bool) and topk >= 1
+    if not ok or (isinstance(value, (list, tuple)) and len(value) != 2):
+        raise ValueError(
+            f"model YAML: o2m must be a gain >= 0 (e.g. o2m: 1.0) or [gain, topk] with topk >= 1, got {value!r}"
+        )
+    return float(gain), topk
+
+
 def check(d: dict, namespace: dict) -> None:
-    """Refuse a model dict's ``criterion:`` that its head cannot train with, naming the value, the head and the fix."""
-    value = d.get("criterion")
-    if value is None:
+    """Refuse a model dict's ``criterion:`` or ``o2m:`` that its head cannot train with, naming the value, the head
+    and the fix."""
+    keys = [key for key in ("criterion", "o2m") if d.get(key) is not None]
+    if not keys:
         return
-    if value not in CRITERIA:
+    value = d.get("criterion")
+    if value is not None and value not in CRITERIA:
         raise ValueError(f"model YAML: criterion must be one of {', '.join(CRITERIA)}, got {value!r}")
+    if d.get("o2m") is not None:
+        o2m_setting(d["o2m"])
     rows = list(d.get("backbone") or []) + list(d.get("head") or [])
     name = rows[-1][2] if rows and isinstance(rows[-1], (list, tuple)) and len(rows[-1]) > 2 else None
     accepted = head_criteria(namespace.get(name) if isinstance(name, str) else None)
     if accepted is None:
         raise ValueError(
-            f"model YAML: criterion: {value} trains RT-DETR heads (RTDETRDecoder, FDRDecoder); the last layer "
-            f"({len(rows) - 1}, {name}) is not one: remove the criterion key"
+            f"model YAML: {keys[0]}: {d[keys[0]]} trains RT-DETR heads (RTDETRDecoder, FDRDecoder); the last layer "
+            f"({len(rows) - 1}, {name}) is not one: remove the {keys[0]} key"
         )
-    if value not in accepted:
+    if value is not None and value not in accepted:
         raise ValueError(
             f"model YAML: criterion: {value} does not apply to {name} (layer {len(rows) - 1}); use one of "
             f"{', '.join(accepted)}"
@@ -101,6 +124,25 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
     @functools.wraps(original)
     def loss(self, batch: dict, preds: Any = None) -> Any:
         head = self.model[-1]
+        dense = dense_loss(self)
+        if dense is None:
+            return criterion_loss(self, batch, preds)
+        img = batch["img"]
+        with dense.capture(head):
+            if preds is None:  # training: the forward the criterion scores, recorded
+                preds = self.predict(img, batch=targets_of(batch))
+            else:  # validation (or a compiled step): the encoder of the same weights on the same images again
+                with torch.no_grad():
+                    self.predict(img)
+        total, items = criterion_loss(self, batch, preds)
+        terms = dense(head, targets_of(batch), tuple(img.shape[2:]))
+        total = total + sum(terms.values())
+        if isinstance(items, dict):
+            items = {**items, **{k: v.detach() for k, v in terms.items()}}
+        return total, items
+
+    def criterion_loss(self, batch: dict, preds: Any) -> Any:
+        head = self.model[-1]
         name = chosen(self)
         own = hasattr(head, "build_criterion")
         if not own and name == "rtdetr":
@@ -110,16 +152,9 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
             self._criterion_name = name
         if not own:  # the stock computation with MAL as its classification term
             return original(self, batch, preds)
-        img = batch["img"]
-        batch_idx = batch["batch_idx"]
-        targets = {
-            "cls": batch["cls"].to(img.device, dtype=torch.long).view(-1),
-            "bboxes": batch["bboxes"].to(device=img.device),
-            "batch_idx": batch_idx.to(img.device, dtype=torch.long).view(-1),
-            "gt_groups": [(batch_idx == i).sum().item() for i in range(img.shape[0])],
-        }
+        targets = targets_of(batch)
         if preds is None:
-            preds = self.predict(img, batch=targets)
+            preds = self.predict(batch["img"], batch=targets)
         out = head.criterion_inputs(preds if self.training else preds[1])
         total, items = self.criterion(out, targets)
         if not named:
@@ -128,3 +163,30 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
         return total, items
 
     return loss
+
+
+def targets_of(batch: dict) -> dict:
+    """A trainer batch as the targets of Ultralytics' RT-DETR losses (and its decoder's denoising groups)."""
+    img, batch_idx = batch["img"], batch["batch_idx"]
+    return {
+        "cls": batch["cls"].to(img.device, dtype=torch.long).view(-1),
+        "bboxes": batch["bboxes"].to(device=img.device),
+        "batch_idx": batch_idx.to(img.device, dtype=torch.long).view(-1),
+        "gt_groups": [(batch_idx == i).sum().item() for i in range(img.shape[0])],
+    }
+
+
+def dense_loss(model: Any) -> Any:
+    """The model's ``DenseAnchorLoss`` when its YAML asks for ``o2m:`` with a gain > 0 (built once), else None."""
+    value = (getattr(model, "yaml", None) or {}).get("o2m")
+    if value is None:
+        return None
+    gain, topk = o2m_setting(value)
+    if not gain:
+        return None
+    cached = DENSE_LOSSES.get(model)
+    if cached is None or (cached.gain, cached.topk) != (gain, topk):
+        from ..blocks.dense_anchors import DenseAnchorLoss
+
+        cached = DENSE_LOSSES[model] = DenseAnchorLoss(model.model[-1].nc, gain, topk)
+    return cached
