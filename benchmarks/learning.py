@@ -4,6 +4,7 @@
                                   [limit=MINUTES] [minutes=5,10,15,30] [out=docs/benchmarks/learning/DATA-3seeds.md]
                                   [runs=runs/learning/OUT-STEM] [any yolo train override, e.g. epochs=5 fraction=0.2]
     python benchmarks/learning.py plot_only=1   # redraw the png from the runs already in runs=
+    python benchmarks/learning.py tables_only=1 runs=DIR out=FILE.md   # the tables and png from runs already there
 
     python benchmarks/learning.py data=shapes jobs=2 limit=30   # the full comparison: 5 models x 3 seeds
     python benchmarks/learning.py data=trees jobs=2 limit=30
@@ -117,12 +118,22 @@ MODELS = {
     "rtdetr-effvit-deim": Spec(
         "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {"criterion": "deim"}, "the default with DEIM's training"
     ),
+    "rtdetr-effvit-o2m": Spec(
+        "cfg/models/rtdetr-effvit.yaml", {}, {"o2m": [1.0, 2]}, "the default with one-to-many anchor supervision"
+    ),
     "dfine-effvit": Spec("cfg/models/dfine-effvit.yaml", about="the default's backbone and encoder, D-FINE head"),
     "yolov10n": Spec("yolov10n.yaml", about="stock Ultralytics"),
     "yolo26n": Spec("yolo26n.yaml", about="stock Ultralytics"),
     "yolov10-effvit": Spec("cfg/models/yolov10-effvit.yaml"),
+    "rtdetr-v10": Spec("cfg/models/rtdetr-v10.yaml"),
     "rtdetr-l": Spec("rtdetr-l.yaml", about="stock Ultralytics; hours at this recipe"),
 }
+# the o2m settings screened on seed 0 (docs/benchmarks/learning/trees-o2m-screen.md); -o2m2 is -o2m's setting
+SCREENED_O2M = {"o2m10": [1.0, 10], "o2m4": [1.0, 4], "o2m2": [1.0, 2], "o2m1": [1.0, 1], "o2m2g2": [2.0, 2]}
+MODELS.update(
+    {f"rtdetr-effvit-{k}": Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": v}) for k, v in SCREENED_O2M.items()}
+)
+MODELS["rtdetr-effvit-o2m4-mal"] = Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": [1.0, 4], "criterion": "deim"})
 DEFAULT_MODELS = ["rtdetr-effvit", "rtdetr-effvit-deim", "dfine-effvit", "yolov10n", "yolo26n"]
 REFERENCE = "yolov10n"  # minutes to 0.5 mAP50 are also given as a ratio to this model's
 MINUTES = (5, 10, 15, 30)  # val mAP50 reached by these training minutes
@@ -153,6 +164,7 @@ class Options(NamedTuple):
     data: str = "shapes"
     minutes: tuple[float, ...] = MINUTES
     runs: Path | None = None
+    tables_only: bool = False
 
 
 def data_name(data: str) -> str:
@@ -161,10 +173,12 @@ def data_name(data: str) -> str:
 
 
 def parse(argv: list[str]) -> Options:
-    """``data=``, ``models=``, ``seeds=``, ``out=``, ``runs=``, ``jobs=``, ``limit=``, ``minutes=``, ``plot_only=``
+    """``data=``, ``models=``, ``seeds=``, ``out=``, ``runs=``, ``jobs=``, ``limit=``, ``minutes=``, ``plot_only=``,
+    ``tables_only=``
     and yolo overrides (``key=value``)."""
     models, out, overrides, jobs, limit = list(DEFAULT_MODELS), None, {}, 1, None
     plot_only, seeds, data, minutes, runs = False, list(SEEDS), "shapes", MINUTES, None
+    tables_only = False
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -204,12 +218,14 @@ def parse(argv: list[str]) -> Options:
             limit = float(value)
         elif key == "plot_only":
             plot_only = value.lower() not in {"0", "false", "no"}
+        elif key == "tables_only":
+            tables_only = value.lower() not in {"0", "false", "no"}
         else:
             overrides[key] = value
     if out is None:
         out = OUT / f"{data_name(data)}-{len(seeds)}seeds.md"
     runs = runs if runs is not None else ROOT / "runs" / "learning" / out.stem
-    return Options(models, seeds, out, overrides, jobs, limit, plot_only, data, minutes, runs)
+    return Options(models, seeds, out, overrides, jobs, limit, plot_only, data, minutes, runs, tables_only)
 
 
 def data_yaml(data: str) -> str:
@@ -572,6 +588,31 @@ def plot(rows: list[dict], path: Path, minutes: tuple[float, ...] = MINUTES, dat
     return drawn
 
 
+def rebuilt(rows: list[dict], minutes: tuple[float, ...], project: Path, argv: list[str]) -> str:
+    """The tables over the seeds and the per-epoch means of runs trained earlier (their ``results.csv`` under
+    ``project``), headed by the command that rebuilt them; when, where and under what load each run trained is in
+    the results file of its own benchmark run."""
+    lines = [
+        f"Command: `{shlex.join(['python', 'benchmarks/learning.py', *argv])}`",
+        "",
+        f"Tables rebuilt {utc_now()} from the `results.csv` of {len(rows)} runs under `{project.name}/`, trained "
+        "earlier (nothing was trained for this file).",
+        "",
+        *headline(rows, minutes),
+        "",
+        *summary(rows),
+        "",
+        "Models:",
+        "",
+        *(f"- {m}: {MODELS[m].describe()}" for m in dict.fromkeys(r["model"] for r in rows) if m in MODELS),
+        "",
+        "Val mAP50 per epoch, per run:",
+        "",
+        *(f"- {r['model']} seed {r['seed']}: {' '.join(f'{m:.3f}' for _, m in r['points'])}" for r in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -579,15 +620,18 @@ def utc_now() -> str:
 def main(argv: list[str]) -> None:
     """Run the benchmark for the chosen models and seeds (``jobs`` runs at a time), write the tables and the plot."""
     opts = parse(argv)
-    if not opts.plot_only:
+    if not (opts.plot_only or opts.tables_only):
         check_models(opts.models)  # before anything is written
     project = opts.runs.resolve()
     project.mkdir(parents=True, exist_ok=True)
     out, png = opts.out, opts.out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     name = data_name(opts.data)
-    if opts.plot_only:
+    if opts.plot_only or opts.tables_only:
         rows = [r for r in finished_runs(project, opts.seeds) if r["model"] in opts.models]
+        if opts.tables_only:
+            out.write_text(rebuilt(rows, opts.minutes, project, argv))
+            print(f"tables of {len(rows)} runs written to {out}")
         drawn = plot(rows, png, opts.minutes, name)
         print(f"plotted {drawn} to {png}")
         return

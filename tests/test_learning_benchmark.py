@@ -214,3 +214,23 @@ def test_summary_counts_seeds_that_never_reach_the_threshold():
     )
     assert next(x for x in lines if x.startswith("| yolov10n |")).endswith("| 1.00x (1/3 reached) |")
     assert learning.summary(ROWS, reference="absent")[-1].endswith("| - |")
+
+
+def test_tables_only_rebuilds_the_tables_from_runs_already_there_and_trains_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+
+    def no_training(cmd, *args, **kwargs):
+        raise AssertionError(f"tables_only started a process: {cmd}")
+
+    monkeypatch.setattr(learning.subprocess, "Popen", no_training)
+    for (model, seed), (minutes, maps) in RESULTS.items():
+        _results_csv(tmp_path / "runs" / f"{model}-seed{seed}" / "results.csv", minutes, maps)
+    out = tmp_path / "rebuilt.md"
+    argv = ["tables_only=1", "models=rtdetr-effvit-deim,yolov10n", "seeds=0,1", "minutes=2,4"]
+    learning.main([*argv, f"runs={tmp_path / 'runs'}", f"out={out}"])
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("Command: `python benchmarks/learning.py tables_only=1 models=rtdetr-effvit-deim")
+    assert "from the `results.csv` of 4 runs under `runs/`, trained earlier" in lines[2]
+    assert "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 4 | 0.67x |" in lines
+    assert "- yolov10n seed 1: 0.200 0.500 0.450" in lines
+    assert out.with_suffix(".png").stat().st_size > 10_000
