@@ -121,6 +121,18 @@ def test_background_only_batch_and_validation(tmp_path):
     assert not torch.allclose(items["o2m_class"], flipped["o2m_class"])  # scored on these images, not stale ones
 
 
+def test_a_training_forward_run_apart_is_refused_with_the_fix(tmp_path):
+    """``compile=True`` makes the trainer run the forward apart and pass it to the loss: the dense terms could not
+    reach that graph, so the first step says so instead of training without them."""
+    model = _default(tmp_path, "o2m: 1.0")
+    batch = _batch(*BATCH)
+    from yolo_plugins.host.rtdetr_loss import targets_of
+
+    preds = model.predict(batch["img"], batch=targets_of(batch))
+    with pytest.raises(RuntimeError, match="compile=True .* train with compile=False or remove the o2m key"):
+        model.loss(batch, preds)
+
+
 def test_a_few_steps_lower_the_dense_terms_and_checkpoints_stay_clean(tmp_path):
     model = _default(tmp_path, "o2m: [1.0, 6]")
     batch = _batch(*BATCH)

@@ -131,7 +131,12 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
         with dense.capture(head):
             if preds is None:  # training: the forward the criterion scores, recorded
                 preds = self.predict(img, batch=targets_of(batch))
-            else:  # validation (or a compiled step): the encoder of the same weights on the same images again
+            elif self.training:  # compile=True: the trainer ran the forward apart, the dense terms cannot reach it
+                raise RuntimeError(
+                    "o2m: in the model YAML needs the loss to run the training forward, which compile=True does apart; "
+                    "train with compile=False or remove the o2m key"
+                )
+            else:  # validation: the same weights on the same images again, to score their anchors
                 with torch.no_grad():
                     self.predict(img)
         total, items = criterion_loss(self, batch, preds)
