@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from test_dfine_models import EFFVIT_HEAD, TINY_TRAIN, _model
-from test_training_loss import BATCH, _batch
+from test_training_loss import BATCH, _batch, build_with_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = (ROOT / "cfg" / "models" / "rtdetr-effvit.yaml").read_text()
@@ -174,14 +174,8 @@ def test_the_fdr_head_takes_o2m_too(tmp_path):
     ],
 )
 def test_a_bad_o2m_fails_when_the_model_is_built(tmp_path, value, yaml_name, message):
-    from ultralytics.nn.tasks import DetectionModel
-
-    d = yaml.safe_load((ROOT / "cfg" / "models" / yaml_name).read_text())
-    d["o2m"] = value
-    path = tmp_path / yaml_name
-    path.write_text(yaml.safe_dump(d))
     with pytest.raises(ValueError, match=message):
-        DetectionModel(str(path), verbose=False)
+        build_with_key(tmp_path, yaml_name, "o2m", value)
 
 
 def test_yolo_train_logs_the_dense_terms(tiny_data, tmp_path):

@@ -196,14 +196,19 @@ def test_stock_models_keep_the_stock_loss_and_deim_swaps_only_the_class_term(tmp
     ],
 )
 def test_a_criterion_the_head_cannot_use_fails_when_the_model_is_built(tmp_path, key, yaml_name, message):
+    with pytest.raises(ValueError, match=message):
+        build_with_key(tmp_path, yaml_name, "criterion", key.split(": ")[1])
+
+
+def build_with_key(tmp_path: Path, yaml_name: str, key: str, value: object):
+    """The zoo YAML ``yaml_name`` with the top-level ``key: value`` set, built as a model."""
     from ultralytics.nn.tasks import DetectionModel
 
     d = yaml.safe_load((ROOT / "cfg" / "models" / yaml_name).read_text())
-    d["criterion"] = key.split(": ")[1]
+    d[key] = value
     path = tmp_path / yaml_name
     path.write_text(yaml.safe_dump(d))
-    with pytest.raises(ValueError, match=message):
-        DetectionModel(str(path), verbose=False)
+    return DetectionModel(str(path), verbose=False)
 
 
 def test_yolo_train_logs_the_criterion_terms_by_name(tiny_data, tmp_path):

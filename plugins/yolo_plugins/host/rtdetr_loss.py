@@ -127,10 +127,10 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
         dense = dense_loss(self)
         if dense is None:
             return criterion_loss(self, batch, preds)
-        img = batch["img"]
+        img, targets = batch["img"], targets_of(batch)
         with dense.capture(head):
             if preds is None:  # training: the forward the criterion scores, recorded
-                preds = self.predict(img, batch=targets_of(batch))
+                preds = self.predict(img, batch=targets)
             elif self.training:  # compile=True: the trainer ran the forward apart, the dense terms cannot reach it
                 raise RuntimeError(
                     "o2m: in the model YAML needs the loss to run the training forward, which compile=True does apart; "
@@ -139,14 +139,14 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
             else:  # validation: the same weights on the same images again, to score their anchors
                 with torch.no_grad():
                     self.predict(img)
-        total, items = criterion_loss(self, batch, preds)
-        terms = dense(head, targets_of(batch), tuple(img.shape[2:]))
+        total, items = criterion_loss(self, batch, preds, targets)
+        terms = dense(head, targets, tuple(img.shape[2:]))
         total = total + sum(terms.values())
         if isinstance(items, dict):
             items = {**items, **{k: v.detach() for k, v in terms.items()}}
         return total, items
 
-    def criterion_loss(self, batch: dict, preds: Any) -> Any:
+    def criterion_loss(self, batch: dict, preds: Any, targets: dict | None = None) -> Any:
         head = self.model[-1]
         name = chosen(self)
         own = hasattr(head, "build_criterion")
@@ -157,7 +157,7 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
             self._criterion_name = name
         if not own:  # the stock computation with MAL as its classification term
             return original(self, batch, preds)
-        targets = targets_of(batch)
+        targets = targets if targets is not None else targets_of(batch)
         if preds is None:
             preds = self.predict(batch["img"], batch=targets)
         out = head.criterion_inputs(preds if self.training else preds[1])
