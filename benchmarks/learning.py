@@ -134,6 +134,9 @@ MODELS.update(
     {f"rtdetr-effvit-{k}": Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": v}) for k, v in SCREENED_O2M.items()}
 )
 MODELS["rtdetr-effvit-o2m4-mal"] = Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": [1.0, 4], "criterion": "deim"})
+MODELS["rtdetr-effvit-hybrid"] = Spec(
+    "cfg/models/rtdetr-effvit.yaml", {}, {"hybrid": 1.0}, "the default with a one-to-many query group in training"
+)
 DEFAULT_MODELS = ["rtdetr-effvit", "rtdetr-effvit-deim", "dfine-effvit", "yolov10n", "yolo26n"]
 REFERENCE = "yolov10n"  # minutes to 0.5 mAP50 are also given as a ratio to this model's
 MINUTES = (5, 10, 15, 30)  # val mAP50 reached by these training minutes

@@ -9,12 +9,11 @@ import copy
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from test_dfine_models import EFFVIT_HEAD, TINY_TRAIN, _model
-from test_training_loss import BATCH, _batch, build_with_key
+from test_dfine_models import EFFVIT_HEAD, _model
+from test_training_loss import BATCH, _batch, assert_train_logs, build_with_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = (ROOT / "cfg" / "models" / "rtdetr-effvit.yaml").read_text()
@@ -37,20 +36,25 @@ def _default(tmp_path: Path, key: str, nc: int = 3):
     return model
 
 
-def test_o2m_adds_its_named_terms_to_the_stock_loss_and_nothing_else(tmp_path):
-    """Same weights, same denoising noise: with ``o2m:`` the loss is the stock loss plus the three dense terms."""
+def assert_adds_only(tmp_path: Path, key: str, names: tuple[str, ...]) -> None:
+    """Same weights, same denoising noise: with the YAML ``key`` the loss is the stock loss plus exactly the terms
+    ``names``, each finite and positive."""
     batch = _batch(*BATCH)
     out = {}
-    for key in ("", "o2m: 1.0"):
-        model = _default(tmp_path, key)
+    for text in ("", key):
+        model = _default(tmp_path, text)
         torch.manual_seed(1)
-        out[key] = model.loss(batch)
-    (stock_total, stock_items), (total, items) = out[""], out["o2m: 1.0"]
-    assert list(items) == [*stock_items, *O2M]
+        out[text] = model.loss(batch)
+    (stock_total, stock_items), (total, items) = out[""], out[key]
+    assert list(items) == [*stock_items, *names]
     for k, v in stock_items.items():
         assert torch.allclose(items[k], v), k
-    assert all(torch.isfinite(items[k]) and items[k] > 0 for k in O2M), items
-    assert torch.allclose(total, stock_total + sum(items[k] for k in O2M), rtol=1e-5)
+    assert all(torch.isfinite(items[k]) and items[k] > 0 for k in names), items
+    assert torch.allclose(total, stock_total + sum(items[k] for k in names), rtol=1e-5)
+
+
+def test_o2m_adds_its_named_terms_to_the_stock_loss_and_nothing_else(tmp_path):
+    assert_adds_only(tmp_path, "o2m: 1.0", O2M)
 
 
 def test_the_dense_terms_train_every_anchor_head_and_the_backbone(tmp_path):
@@ -133,22 +137,28 @@ def test_a_training_forward_run_apart_is_refused_with_the_fix(tmp_path):
         model.loss(batch, preds)
 
 
-def test_a_few_steps_lower_the_dense_terms_and_checkpoints_stay_clean(tmp_path):
-    model = _default(tmp_path, "o2m: [1.0, 6]")
-    batch = _batch(*BATCH)
+def steps(model, batch: dict, names: tuple[str, ...], n: int = 6) -> list[float]:
+    """``n`` AdamW steps (lr 1e-3) on one batch, same denoising noise each time: the sum of the terms ``names``
+    before each step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    dense = []
-    for _ in range(6):
+    seen = []
+    for _ in range(n):
         torch.manual_seed(1)
         loss, items = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        dense.append(float(sum(items[k] for k in O2M)))
-    assert all(b < a for a, b in zip(dense, dense[1:])) and dense[-1] < 0.8 * dense[0], dense
-    from yolo_plugins.host.rtdetr_loss import DENSE_LOSSES
+        seen.append(float(sum(items[k] for k in names)))
+    return seen
 
-    assert DENSE_LOSSES[model].topk == 6
+
+def test_a_few_steps_lower_the_dense_terms_and_checkpoints_stay_clean(tmp_path):
+    model = _default(tmp_path, "o2m: [1.0, 6]")
+    dense = steps(model, _batch(*BATCH), O2M)
+    assert all(b < a for a, b in zip(dense, dense[1:])) and dense[-1] < 0.8 * dense[0], dense
+    from yolo_plugins.host.rtdetr_loss import EXTRA_LOSSES
+
+    assert EXTRA_LOSSES[model]["o2m"].topk == 6
     head = model.model[-1]
     assert not head.enc_score_head._forward_hooks and not any("o2m" in k for k in vars(model))
     buffer = io.BytesIO()
@@ -180,13 +190,4 @@ def test_a_bad_o2m_fails_when_the_model_is_built(tmp_path, value, yaml_name, mes
 
 def test_yolo_train_logs_the_dense_terms(tiny_data, tmp_path):
     """A tiny ``yolo train`` with ``o2m:``: the dense terms are results.csv columns, train and val, finite."""
-    from ultralytics import RTDETR
-
-    path = tmp_path / "o2m.yaml"
-    path.write_text("o2m: 1.0\n" + DEFAULT)  # the default model, scale n
-    RTDETR(str(path)).train(data=tiny_data, project=str(tmp_path), name="t", **TINY_TRAIN)
-    header, row = (tmp_path / "t" / "results.csv").read_text().splitlines()[:2]
-    columns = [c.strip() for c in header.split(",")]
-    for name in O2M:
-        assert f"train/{name}" in columns and f"val/{name}" in columns, columns
-    assert np.isfinite([float(v) for v in row.split(",")[1:]]).all()
+    assert_train_logs(tiny_data, tmp_path, "o2m: 1.0\n" + DEFAULT, O2M)  # the default model, scale n

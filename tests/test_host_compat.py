@@ -50,12 +50,12 @@ def test_every_zoo_yaml_builds_and_runs(name, one_thread):
 @pytest.mark.parametrize("name", ["rtdetr-effvit.yaml", "yolov10-effvit.yaml", "dfine-effvit.yaml", "o2m"])
 def test_model_trains_an_epoch_validates_and_reloads(name, tiny_data, tmp_path):
     """The default model, the zoo's YOLOv10 head (the host's other loss path), the D-FINE head (its own criterion,
-    reported in whichever loss columns the host's trainer has) and the default with ``o2m:`` (dense terms added to
-    the loss, logged where the host's trainer takes names): one epoch on the generated shapes set, validation by the
-    engine, best.pt reloads and validates."""
+    reported in whichever loss columns the host's trainer has) and the default with ``o2m:`` and ``hybrid:`` (their
+    terms added to the loss, logged where the host's trainer takes names): one epoch on the generated shapes set,
+    validation by the engine, best.pt reloads and validates."""
     if name == "o2m":
         name = str(tmp_path / "rtdetr-effvit-o2m.yaml")
-        Path(name).write_text("o2m: 1.0\n" + (CFG / "rtdetr-effvit.yaml").read_text())
+        Path(name).write_text("o2m: 1.0\nhybrid: 1.0\n" + (CFG / "rtdetr-effvit.yaml").read_text())
     cls = YOLO if name.startswith("yolov10") else RTDETR
     model = cls(name)
     model.train(

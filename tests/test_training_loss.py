@@ -211,18 +211,25 @@ def build_with_key(tmp_path: Path, yaml_name: str, key: str, value: object):
     return DetectionModel(str(path), verbose=False)
 
 
-def test_yolo_train_logs_the_criterion_terms_by_name(tiny_data, tmp_path):
-    """A tiny ``yolo train`` of a DEIM-trained head: the terms are results.csv columns, train and val, finite."""
+def assert_train_logs(tiny_data: str, tmp_path: Path, yaml_text: str, names: tuple[str, ...]) -> None:
+    """A tiny ``yolo train`` of ``yaml_text``: each of ``names`` is a train and a val results.csv column, and the
+    first row is finite."""
     from ultralytics import RTDETR
 
-    path = tmp_path / "deim.yaml"
-    path.write_text("criterion: deim\n" + EFFVIT_HEAD)
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml_text)
     RTDETR(str(path)).train(data=tiny_data, project=str(tmp_path), name="t", **TINY_TRAIN)
     header, row = (tmp_path / "t" / "results.csv").read_text().splitlines()[:2]
     columns = [c.strip() for c in header.split(",")]
-    for name in ("mal_loss", "l1_loss", "giou_loss", "fgl_loss", "ddf_loss"):
+    for name in names:
         assert f"train/{name}" in columns and f"val/{name}" in columns, columns
     assert np.isfinite([float(v) for v in row.split(",")[1:]]).all()
+
+
+def test_yolo_train_logs_the_criterion_terms_by_name(tiny_data, tmp_path):
+    """A tiny ``yolo train`` of a DEIM-trained head: the terms are results.csv columns, train and val, finite."""
+    terms = ("mal_loss", "l1_loss", "giou_loss", "fgl_loss", "ddf_loss")
+    assert_train_logs(tiny_data, tmp_path, "criterion: deim\n" + EFFVIT_HEAD, terms)
 
 
 @pytest.mark.parametrize("name", ["dfine_n", "deimv2_atto"])

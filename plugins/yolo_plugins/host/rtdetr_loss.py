@@ -14,11 +14,15 @@ is Ultralytics' ``mosaic=``, ``mixup=`` and ``close_mosaic=`` (docs/training-dei
 
 ``o2m: gain`` (or ``[gain, topk]``) adds, with any criterion, one-to-many supervision of the encoder's anchors
 (``blocks.dense_anchors``: YOLO-style task-aligned targets on every anchor, training only; logged as ``o2m_*``).
-Both keys are checked when the model is built (``check``), so a wrong value fails before the first epoch.
+``hybrid: gain`` (or ``[gain, repeats, queries]``) adds, on ``RTDETRDecoder``, a one-to-many group of decoder
+queries in training (``blocks.hybrid_queries``: H-DETR's hybrid matching, every object repeated ``repeats`` times,
+default 6, for ``queries`` top-k proposals, default ``repeats`` x the head's queries; logged as ``hyb_*``).
+The keys are checked when the model is built (``check``), so a wrong value fails before the first epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import weakref
@@ -28,8 +32,9 @@ import torch
 
 CRITERIA = ("rtdetr", "deim", "dfine")
 O2M_TOPK = 2
-DENSE_LOSSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its DenseAnchorLoss, kept off the
-# model so that checkpoints and EMA copies do not carry it
+HYBRID_REPEATS = 6  # H-DETR's
+EXTRA_LOSSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: its extra loss}, kept off the
+# model so that checkpoints and EMA copies do not carry them
 STOCK_HEAD_CRITERIA = ("rtdetr", "deim")
 
 
@@ -73,10 +78,26 @@ def o2m_setting(value: Any) -> tuple[float, int]:
     return float(gain), topk
 
 
+def hybrid_setting(value: Any) -> tuple[float, int, int | None]:
+    """``hybrid:`` as (gain, repeats, queries or None for repeats x the head's): a number >= 0 or ``[gain, repeats]``
+    or ``[gain, repeats, queries]``; ValueError naming the key otherwise."""
+    items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    gain, repeats, queries = (items + (HYBRID_REPEATS, None))[:3] if len(items) == 1 else (items + (None,))[:3]
+    whole = [v for v in (repeats, queries) if v is not None]
+    ok = isinstance(gain, (int, float)) and not isinstance(gain, bool) and gain >= 0 and 1 <= len(items) <= 3
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in whole)
+    if not ok or (len(items) == 1 and isinstance(value, (list, tuple))):
+        raise ValueError(
+            "model YAML: hybrid must be a gain >= 0 (e.g. hybrid: 1.0), [gain, repeats] or [gain, repeats, queries] "
+            f"with whole numbers >= 1, got {value!r}"
+        )
+    return float(gain), repeats, queries
+
+
 def check(d: dict, namespace: dict) -> None:
-    """Refuse a model dict's ``criterion:`` or ``o2m:`` that its head cannot train with, naming the value, the head
-    and the fix."""
-    keys = [key for key in ("criterion", "o2m") if d.get(key) is not None]
+    """Refuse a model dict's ``criterion:``, ``o2m:`` or ``hybrid:`` that its head cannot train with, naming the
+    value, the head and the fix."""
+    keys = [key for key in ("criterion", "o2m", "hybrid") if d.get(key) is not None]
     if not keys:
         return
     value = d.get("criterion")
@@ -84,6 +105,8 @@ def check(d: dict, namespace: dict) -> None:
         raise ValueError(f"model YAML: criterion must be one of {', '.join(CRITERIA)}, got {value!r}")
     if d.get("o2m") is not None:
         o2m_setting(d["o2m"])
+    if d.get("hybrid") is not None:
+        hybrid_setting(d["hybrid"])
     rows = list(d.get("backbone") or []) + list(d.get("head") or [])
     name = rows[-1][2] if rows and isinstance(rows[-1], (list, tuple)) and len(rows[-1]) > 2 else None
     accepted = head_criteria(namespace.get(name) if isinstance(name, str) else None)
@@ -96,6 +119,11 @@ def check(d: dict, namespace: dict) -> None:
         raise ValueError(
             f"model YAML: criterion: {value} does not apply to {name} (layer {len(rows) - 1}); use one of "
             f"{', '.join(accepted)}"
+        )
+    if d.get("hybrid") is not None and hasattr(namespace.get(name), "build_criterion"):
+        raise ValueError(
+            f"model YAML: hybrid: {d['hybrid']} trains RTDETRDecoder's query groups; {name} (layer {len(rows) - 1}) "
+            "trains with its own criterion: remove the hybrid key"
         )
 
 
@@ -124,23 +152,28 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
     @functools.wraps(original)
     def loss(self, batch: dict, preds: Any = None) -> Any:
         head = self.model[-1]
-        dense = dense_loss(self)
-        if dense is None:
+        extras = extra_losses(self)
+        if not extras:
             return criterion_loss(self, batch, preds)
         img, targets = batch["img"], targets_of(batch)
-        with dense.capture(head):
+        with contextlib.ExitStack() as capturing:
+            for extra in extras:
+                capturing.enter_context(extra.capture(head))
             if preds is None:  # training: the forward the criterion scores, recorded
                 preds = self.predict(img, batch=targets)
             elif self.training:  # compile=True: the trainer ran the forward apart, the dense terms cannot reach it
+                keys = " and ".join(k for k in ("o2m", "hybrid") if self.yaml.get(k) is not None)
                 raise RuntimeError(
-                    "o2m: in the model YAML needs the loss to run the training forward, which compile=True does apart; "
-                    "train with compile=False or remove the o2m key"
+                    f"{keys}: in the model YAML needs the loss to run the training forward, which compile=True does "
+                    f"apart; train with compile=False or remove the {keys} key"
                 )
             else:  # validation: the same weights on the same images again, to score their anchors
                 with torch.no_grad():
                     self.predict(img)
         total, items = criterion_loss(self, batch, preds, targets)
-        terms = dense(head, targets, tuple(img.shape[2:]))
+        terms = {}
+        for extra in extras:
+            terms.update(extra(head, targets, tuple(img.shape[2:])))
         total = total + sum(terms.values())
         if isinstance(items, dict):
             items = {**items, **{k: v.detach() for k, v in terms.items()}}
@@ -181,17 +214,41 @@ def targets_of(batch: dict) -> dict:
     }
 
 
-def dense_loss(model: Any) -> Any:
-    """The model's ``DenseAnchorLoss`` when its YAML asks for ``o2m:`` with a gain > 0 (built once), else None."""
-    value = (getattr(model, "yaml", None) or {}).get("o2m")
-    if value is None:
-        return None
-    gain, topk = o2m_setting(value)
-    if not gain:
-        return None
-    cached = DENSE_LOSSES.get(model)
-    if cached is None or (cached.gain, cached.topk) != (gain, topk):
-        from ..blocks.dense_anchors import DenseAnchorLoss
+def extra_losses(model: Any) -> list:
+    """The model's training-only extra losses its YAML asks for with a gain > 0, built once: ``o2m:``'s
+    ``DenseAnchorLoss``, ``hybrid:``'s ``HybridQueryLoss``."""
+    yaml = getattr(model, "yaml", None) or {}
+    kept = EXTRA_LOSSES.setdefault(model, {})
+    out = []
+    if yaml.get("o2m") is not None and o2m_setting(yaml["o2m"])[0]:
+        gain, topk = o2m_setting(yaml["o2m"])
+        cached = kept.get("o2m")
+        if cached is None or (cached.gain, cached.topk) != (gain, topk):
+            from ..blocks.dense_anchors import DenseAnchorLoss
 
-        cached = DENSE_LOSSES[model] = DenseAnchorLoss(model.model[-1].nc, gain, topk)
-    return cached
+            cached = kept["o2m"] = DenseAnchorLoss(model.model[-1].nc, gain, topk)
+        out.append(cached)
+    if yaml.get("hybrid") is not None and hybrid_setting(yaml["hybrid"])[0]:
+        head = model.model[-1]
+        gain, repeats, queries = hybrid_setting(yaml["hybrid"])
+        queries = queries or repeats * head.num_queries
+        cached = kept.get("hybrid")
+        if cached is None or (cached.gain, cached.repeats, cached.queries) != (gain, repeats, queries):
+            from ..blocks.hybrid_queries import HybridQueryLoss
+
+            if getattr(head, "learnt_init_query", False):
+                raise ValueError(
+                    "model YAML: hybrid: needs RTDETRDecoder's queries taken from the encoder (learnt_init_query "
+                    "False); remove the hybrid key or set learnt_init_query to False"
+                )
+            criterion = stock_mal_loss(head.nc) if chosen(model) == "deim" else stock_loss(head.nc)
+            cached = kept["hybrid"] = HybridQueryLoss(criterion, gain, repeats, queries)
+        out.append(cached)
+    return out
+
+
+def stock_loss(nc: int) -> Any:
+    """Ultralytics' RT-DETR loss as its model builds it (varifocal classification)."""
+    from ultralytics.models.utils.loss import RTDETRDetectionLoss
+
+    return RTDETRDetectionLoss(nc=nc, use_vfl=True)
