@@ -158,7 +158,7 @@ def test_a_few_steps_lower_the_dense_terms_and_checkpoints_stay_clean(tmp_path):
     assert all(b < a for a, b in zip(dense, dense[1:])) and dense[-1] < 0.8 * dense[0], dense
     from yolo_plugins.host.rtdetr_loss import EXTRA_LOSSES
 
-    assert EXTRA_LOSSES[model]["o2m"].topk == 6
+    assert EXTRA_LOSSES[model]["o2m"][1].topk == 6
     head = model.model[-1]
     assert not head.enc_score_head._forward_hooks and not any("o2m" in k for k in vars(model))
     buffer = io.BytesIO()

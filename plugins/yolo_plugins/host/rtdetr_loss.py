@@ -33,8 +33,8 @@ import torch
 CRITERIA = ("rtdetr", "deim", "dfine")
 O2M_TOPK = 2
 HYBRID_REPEATS = 6  # H-DETR's
-EXTRA_LOSSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: its extra loss}, kept off the
-# model so that checkpoints and EMA copies do not carry them
+EXTRA_LOSSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (setting, its extra loss)},
+# kept off the model so that checkpoints and EMA copies do not carry them
 STOCK_HEAD_CRITERIA = ("rtdetr", "deim")
 
 
@@ -66,12 +66,18 @@ def head_criteria(head_cls: type) -> tuple[str, ...] | None:
     return tuple(getattr(head_cls, "CRITERIA", STOCK_HEAD_CRITERIA))
 
 
+def _gain(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def o2m_setting(value: Any) -> tuple[float, int]:
     """``o2m:`` as (gain, topk): a number >= 0 (topk 2) or ``[gain, topk]``; ValueError naming the key otherwise."""
     gain, topk = (value, O2M_TOPK) if not isinstance(value, (list, tuple)) else (tuple(value) + (None,))[:2]
-    ok = isinstance(gain, (int, float)) and not isinstance(gain, bool) and gain >= 0
-    ok = ok and isinstance(topk, int) and not isinstance(topk, bool) and topk >= 1
-    if not ok or (isinstance(value, (list, tuple)) and len(value) != 2):
+    if not (_gain(gain) and _count(topk)) or (isinstance(value, (list, tuple)) and len(value) != 2):
         raise ValueError(
             f"model YAML: o2m must be a gain >= 0 (e.g. o2m: 1.0) or [gain, topk] with topk >= 1, got {value!r}"
         )
@@ -81,12 +87,9 @@ def o2m_setting(value: Any) -> tuple[float, int]:
 def hybrid_setting(value: Any) -> tuple[float, int, int | None]:
     """``hybrid:`` as (gain, repeats, queries or None for repeats x the head's): a number >= 0 or ``[gain, repeats]``
     or ``[gain, repeats, queries]``; ValueError naming the key otherwise."""
-    items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    gain, repeats, queries = (items + (HYBRID_REPEATS, None))[:3] if len(items) == 1 else (items + (None,))[:3]
-    whole = [v for v in (repeats, queries) if v is not None]
-    ok = isinstance(gain, (int, float)) and not isinstance(gain, bool) and gain >= 0 and 1 <= len(items) <= 3
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in whole)
-    if not ok or (len(items) == 1 and isinstance(value, (list, tuple))):
+    items = list(value) if isinstance(value, (list, tuple)) else [value, HYBRID_REPEATS]
+    gain, repeats, queries = (items + [None, None])[:3]
+    if not (2 <= len(items) <= 3 and _gain(gain) and _count(repeats) and (queries is None or _count(queries))):
         raise ValueError(
             "model YAML: hybrid must be a gain >= 0 (e.g. hybrid: 1.0), [gain, repeats] or [gain, repeats, queries] "
             f"with whole numbers >= 1, got {value!r}"
@@ -215,40 +218,42 @@ def targets_of(batch: dict) -> dict:
 
 
 def extra_losses(model: Any) -> list:
-    """The model's training-only extra losses its YAML asks for with a gain > 0, built once: ``o2m:``'s
+    """The model's training-only extra losses its YAML asks for with a gain > 0, built once per setting: ``o2m:``'s
     ``DenseAnchorLoss``, ``hybrid:``'s ``HybridQueryLoss``."""
     yaml = getattr(model, "yaml", None) or {}
-    kept = EXTRA_LOSSES.setdefault(model, {})
-    out = []
-    if yaml.get("o2m") is not None and o2m_setting(yaml["o2m"])[0]:
-        gain, topk = o2m_setting(yaml["o2m"])
-        cached = kept.get("o2m")
-        if cached is None or (cached.gain, cached.topk) != (gain, topk):
-            from ..blocks.dense_anchors import DenseAnchorLoss
+    head, out = model.model[-1], []
+    o2m = o2m_setting(yaml["o2m"]) if yaml.get("o2m") is not None else None
+    if o2m and o2m[0]:
+        from ..blocks.dense_anchors import DenseAnchorLoss
 
-            cached = kept["o2m"] = DenseAnchorLoss(model.model[-1].nc, gain, topk)
-        out.append(cached)
-    if yaml.get("hybrid") is not None and hybrid_setting(yaml["hybrid"])[0]:
-        head = model.model[-1]
-        gain, repeats, queries = hybrid_setting(yaml["hybrid"])
-        queries = queries or repeats * head.num_queries
-        cached = kept.get("hybrid")
-        if cached is None or (cached.gain, cached.repeats, cached.queries) != (gain, repeats, queries):
-            from ..blocks.hybrid_queries import HybridQueryLoss
-
-            if getattr(head, "learnt_init_query", False):
-                raise ValueError(
-                    "model YAML: hybrid: needs RTDETRDecoder's queries taken from the encoder (learnt_init_query "
-                    "False); remove the hybrid key or set learnt_init_query to False"
-                )
-            criterion = stock_mal_loss(head.nc) if chosen(model) == "deim" else stock_loss(head.nc)
-            cached = kept["hybrid"] = HybridQueryLoss(criterion, gain, repeats, queries)
-        out.append(cached)
+        out.append(built(model, "o2m", o2m, lambda: DenseAnchorLoss(head.nc, *o2m)))
+    hybrid = hybrid_setting(yaml["hybrid"]) if yaml.get("hybrid") is not None else None
+    if hybrid and hybrid[0]:
+        gain, repeats, queries = hybrid
+        setting = (gain, repeats, queries or repeats * head.num_queries)
+        out.append(built(model, "hybrid", setting, lambda: hybrid_loss(model, *setting)))
     return out
 
 
-def stock_loss(nc: int) -> Any:
-    """Ultralytics' RT-DETR loss as its model builds it (varifocal classification)."""
-    from ultralytics.models.utils.loss import RTDETRDetectionLoss
+def built(model: Any, key: str, setting: tuple, build: Callable[[], Any]) -> Any:
+    """``model``'s loss for the YAML ``key``, built by ``build`` on first use and again only when ``setting``
+    changes; kept in ``EXTRA_LOSSES``, off the model."""
+    kept = EXTRA_LOSSES.setdefault(model, {})
+    if key not in kept or kept[key][0] != setting:
+        kept[key] = (setting, build())
+    return kept[key][1]
 
-    return RTDETRDetectionLoss(nc=nc, use_vfl=True)
+
+def hybrid_loss(model: Any, gain: float, repeats: int, queries: int) -> Any:
+    """``hybrid:``'s loss, scored with the model's own criterion (the host's RT-DETR loss, or with ``criterion:
+    deim`` its MAL form); ValueError for a head with learnt initial queries."""
+    from ..blocks.hybrid_queries import HybridQueryLoss
+
+    head = model.model[-1]
+    if getattr(head, "learnt_init_query", False):
+        raise ValueError(
+            "model YAML: hybrid: needs RTDETRDecoder's queries taken from the encoder (learnt_init_query "
+            "False); remove the hybrid key or set learnt_init_query to False"
+        )
+    criterion = stock_mal_loss(head.nc) if chosen(model) == "deim" else model.init_criterion()
+    return HybridQueryLoss(criterion, gain, repeats, queries)
