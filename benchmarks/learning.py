@@ -134,6 +134,13 @@ MODELS.update(
     {f"rtdetr-effvit-{k}": Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": v}) for k, v in SCREENED_O2M.items()}
 )
 MODELS["rtdetr-effvit-o2m4-mal"] = Spec("cfg/models/rtdetr-effvit.yaml", {}, {"o2m": [1.0, 4], "criterion": "deim"})
+# DEIM's two halves apart: MAL alone (the recipe's data, no mosaic) and the dense one-to-one schedule alone (stock loss)
+MODELS["rtdetr-effvit-mal"] = Spec(
+    "cfg/models/rtdetr-effvit.yaml", {}, {"criterion": "deim"}, "the default with DEIM's criterion (MAL) only"
+)
+MODELS["rtdetr-effvit-dense"] = Spec(
+    "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {}, "the default with DEIM's mosaic / mix-up schedule only"
+)
 MODELS["rtdetr-effvit-hybrid"] = Spec(
     "cfg/models/rtdetr-effvit.yaml", {}, {"hybrid": 1.0}, "the default with a one-to-many query group in training"
 )

@@ -118,6 +118,13 @@ def test_model_specs_add_their_arguments_between_recipe_and_overrides(tmp_path):
     )
 
 
+def test_deim_halves_split_its_spec_exactly():
+    deim, mal, dense = (learning.MODELS[f"rtdetr-effvit-{k}"] for k in ("deim", "mal", "dense"))
+    assert mal.yaml == dense.yaml == deim.yaml
+    assert (mal.keys, mal.args) == (deim.keys, {})  # MAL alone: the recipe's data
+    assert (dense.keys, dense.args) == ({}, deim.args)  # the data schedule alone: the stock loss
+
+
 def test_variant_yaml_adds_criterion_deim_and_keeps_scale_n(tmp_path):
     from ultralytics.nn.tasks import yaml_model_load
 
