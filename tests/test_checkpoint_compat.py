@@ -260,6 +260,10 @@ print(json.dumps(out))
     )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
+    from yolo_plugins.commands.main_job import is_rtdetr_head
+
     for name, (cls, diff, scale) in result.items():
-        want = "RTDETRDetectionModel" if name.startswith("dfine") else "DetectionModel"
+        with np.load(FIXTURES / f"{name}.npz") as z:
+            head = yaml.safe_load(str(z["yaml"]))["head"][-1][2]
+        want = "RTDETRDetectionModel" if is_rtdetr_head(head) else "DetectionModel"  # the model class of its head
         assert cls == want and diff <= 1e-4 * max(1.0, scale), (name, cls, diff)

@@ -162,6 +162,7 @@ PICKLED_MODULES = (
     "yolo_plugins.blocks.timm_backbone",
     "yolo_plugins.blocks.timm_base",
     "yolo_plugins.blocks.pick",
+    "yolo_plugins.blocks.peak_queries",
     "yolo_plugins.blocks.dfine.decoder",
     "yolo_plugins.blocks.dfine.encoder",
     "yolo_plugins.blocks.affine_conv",

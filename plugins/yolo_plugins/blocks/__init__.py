@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     deform_attention,
     dfine,
     efficientvit,
+    peak_queries,
     pick,
     shift_max_pool,
     timm_backbone,
