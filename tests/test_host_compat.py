@@ -47,6 +47,24 @@ def test_every_zoo_yaml_builds_and_runs(name, one_thread):
     assert torch.isfinite(out if isinstance(out, torch.Tensor) else out["one2one"][0]).all()
 
 
+def test_peak_decoder_builds_and_reads_the_stock_heads_weights(tmp_path, one_thread):
+    """``PeakDecoder`` (a plugin subclass keeping RTDETRDecoder's constructor, so the YAML's act=None must become the
+    host's default where the host takes None literally) builds on this host and, with the stock head's weights,
+    gives the stock head's detections on an input too small for the peak selection to apply."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    default = (CFG / "rtdetr-effvit.yaml").read_text()
+    (tmp_path / "rtdetr-effvit-peak.yaml").write_text(default.replace("RTDETRDecoder, [nc", "PeakDecoder, [nc"))
+    stock = RTDETRDetectionModel(str(CFG / "rtdetr-effvit.yaml"), nc=2, verbose=False).eval()
+    peak = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit-peak.yaml"), nc=2, verbose=False).eval()
+    assert type(peak.model[-1]).__name__ == "RTDETRPeakDecoder"
+    peak.load_state_dict(stock.state_dict())
+    with torch.no_grad():
+        small = torch.rand(1, 3, 64, 64)
+        assert torch.equal(peak(small)[0], stock(small)[0])
+        assert torch.isfinite(peak(torch.rand(1, 3, 224, 224))[0]).all()
+
+
 @pytest.mark.parametrize("name", ["rtdetr-effvit.yaml", "yolov10-effvit.yaml", "dfine-effvit.yaml", "o2m"])
 def test_model_trains_an_epoch_validates_and_reloads(name, tiny_data, tmp_path):
     """The default model, the zoo's YOLOv10 head (the host's other loss path), the D-FINE head (its own criterion,

@@ -201,7 +201,12 @@ def test_a_none_the_host_does_not_take_becomes_its_default():
     assert fixed[:3] == args[:3] and fixed[4:] == args[4:]
     assert versions.none_to_default(new, args) is args
     assert versions.none_to_default(old, [2, [64], 96]) == [2, [64], 96]  # act not given: nothing to replace
-    assert versions.none_to_default(type("RTDETRDecoder", (_decoder(nn.ReLU()),), {"__module__": "mine"}), args) is args
+    mine = type("RTDETRDecoder", (), {"__module__": "mine", "__init__": old.__init__})  # a namesake, not the host's
+    assert versions.none_to_default(mine, args) is args
+    kept = type("PeakLike", (old,), {"__module__": "mine"})  # a plugin head keeping the host's constructor
+    assert isinstance(versions.none_to_default(kept, args)[3], nn.ReLU)
+    own = type("OwnInit", (old,), {"__module__": "mine", "__init__": lambda self, *a: None})  # its own constructor
+    assert versions.none_to_default(own, args) is args
 
 
 def test_scoped_form_allows_what_the_file_references_for_that_load_only(tmp_path):

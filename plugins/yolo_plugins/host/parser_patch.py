@@ -135,7 +135,7 @@ def dispatch(frame: dict) -> tuple[Any, list, int]:
     entry.rule(layer)
     if layer.c2 is None:
         raise LayerError(layer.index, entry.name, f"channel rule {entry.rule!r} did not set the output channels")
-    return layer.c2, layer.args, layer.n
+    return layer.c2, none_to_default(m, layer.args), layer.n
 
 
 def _check_channels(frame: dict, c2: Any) -> None:

@@ -81,11 +81,19 @@ def _default_for_none(cls: type, param: str) -> tuple[int, Any] | None:
 
 
 def none_to_default(m: Any, args: list) -> list:
-    """``args`` for the host layer ``m`` with a None the host does not accept replaced by a copy of its default."""
-    param = NONE_MEANS_DEFAULT.get(getattr(m, "__name__", ""))
-    if param is None or not getattr(m, "__module__", "").startswith("ultralytics."):
+    """``args`` for the host layer ``m`` with a None the host does not accept replaced by a copy of its default; a
+    subclass that keeps the host layer's constructor (a plugin head such as ``PeakDecoder``) counts as that layer."""
+    host = next(
+        (
+            c
+            for c in getattr(m, "__mro__", ())
+            if c.__name__ in NONE_MEANS_DEFAULT and c.__module__.startswith("ultralytics.")
+        ),
+        None,
+    )
+    if host is None or m.__init__ is not host.__init__:
         return args
-    found = _default_for_none(m, param)
+    found = _default_for_none(host, NONE_MEANS_DEFAULT[host.__name__])
     if found is None or found[0] >= len(args) or args[found[0]] is not None:
         return args
     args = list(args)
