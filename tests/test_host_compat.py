@@ -49,19 +49,16 @@ def test_every_zoo_yaml_builds_and_runs(name, one_thread):
 
 def test_peak_decoder_builds_and_reads_the_stock_heads_weights(tmp_path, one_thread):
     """``PeakDecoder`` (a plugin subclass keeping RTDETRDecoder's constructor, so the YAML's act=None must become the
-    host's default where the host takes None literally) builds on this host and, with the stock head's weights,
-    gives the stock head's detections on an input too small for the peak selection to apply."""
-    from ultralytics.nn.tasks import RTDETRDetectionModel
+    host's default where the host takes None literally) builds on this host with the stock head's parameter names and,
+    with its weights, gives the stock head's detections on an input too small for the peak selection to apply."""
+    from test_peak_queries import _pair, _peaks, _selection
 
-    default = (CFG / "rtdetr-effvit.yaml").read_text()
-    (tmp_path / "rtdetr-effvit-peak.yaml").write_text(default.replace("RTDETRDecoder, [nc", "PeakDecoder, [nc"))
-    stock = RTDETRDetectionModel(str(CFG / "rtdetr-effvit.yaml"), nc=2, verbose=False).eval()
-    peak = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit-peak.yaml"), nc=2, verbose=False).eval()
-    assert type(peak.model[-1]).__name__ == "RTDETRPeakDecoder"
-    peak.load_state_dict(stock.state_dict())
+    stock, peak = _pair(tmp_path)
+    small = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    _, raw, shapes = _selection(peak, small)
+    assert _peaks(raw, shapes).sum() < peak.model[-1].num_queries  # the fallback is what runs here
     with torch.no_grad():
-        small = torch.rand(1, 3, 64, 64)
-        assert torch.equal(peak(small)[0], stock(small)[0])
+        assert torch.equal(stock.eval()(small)[0], peak.eval()(small)[0])
         assert torch.isfinite(peak(torch.rand(1, 3, 224, 224))[0]).all()
 
 

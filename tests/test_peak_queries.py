@@ -1,4 +1,7 @@
-"""``PeakDecoder``: inference picks queries among per-level score peaks; training and weights are RT-DETR's."""
+"""``PeakDecoder``: inference picks queries among per-level score peaks; training and weights are RT-DETR's.
+
+That it builds on every declared host and infers as the stock head where too few peaks exist is
+``test_host_compat.py``'s (CI runs that file on the oldest release too)."""
 
 from __future__ import annotations
 
@@ -102,15 +105,6 @@ def test_inference_selects_the_top_k_peaks_with_their_own_logits(tmp_path):
     assert torch.equal(stock_raw, raw)  # the score head itself is untouched (hooks see the unranked logits)
     assert not torch.equal(stock_scores, enc_scores)  # and the stock head picked non-peaks among its top-k
     assert isinstance(peak.model[-1].enc_score_head, torch.nn.Linear)  # restored after the forward
-
-
-def test_small_inputs_with_few_peaks_infer_as_the_stock_head(tmp_path):
-    stock, peak = _pair(tmp_path)
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    _, raw, shapes = _selection(peak, x)
-    assert _peaks(raw, shapes).sum() < peak.model[-1].num_queries
-    with torch.no_grad():
-        assert torch.equal(stock.eval()(x)[0], peak.eval()(x)[0])
 
 
 def test_the_score_head_is_restored_when_the_forward_fails(tmp_path, monkeypatch):
