@@ -15,8 +15,9 @@
 
 ``models=`` takes names of ``MODELS`` below (default ``DEFAULT_MODELS``: the default model with and without DEIM's
 training, a D-FINE head on the same backbone, ``yolov10n`` and ``yolo26n``). A model is a ``Spec``: its YAML, the
-``yolo train`` arguments it adds to the recipe and the top-level YAML keys it adds to its YAML (then written as a
-variant beside the runs, ``<runs>/<model>.yaml``, and trained from there). A model whose YAML is missing stops the
+``yolo train`` arguments it adds to the recipe, the top-level YAML keys it adds to its YAML and the module its last
+row (the head) takes instead (with keys or a head, written as a variant beside the runs, ``<runs>/<model>.yaml``, and
+trained from there). A model whose YAML is missing stops the
 benchmark before any training, naming the file.
 ``seeds=`` trains every model once per seed (Ultralytics' ``seed=``; default three seeds): one seed on one machine
 decides nothing (the order of two models reversed on another CPU with the same seed). Each run is trained with the
@@ -92,16 +93,19 @@ class LastEpochs:
 @dataclass(frozen=True)
 class Spec:
     """One model of the benchmark: its YAML (a repo path or a stock name), the ``yolo train`` arguments it adds to the
-    recipe and the top-level keys it adds to its YAML (a variant file is then written beside the runs)."""
+    recipe, the top-level keys it adds to its YAML and the module its last row (the head) takes instead of the YAML's
+    (a variant file is then written beside the runs for either)."""
 
     yaml: str
     args: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, Any] = field(default_factory=dict)
     about: str = ""
+    head: str = ""
 
     def describe(self) -> str:
         """The spec in one line, e.g. ``cfg/models/a.yaml + criterion: deim; mosaic=1.0 ...``."""
-        text = self.yaml + "".join(f" + {k}: {v}" for k, v in self.keys.items())
+        text = self.yaml + (f" with head {self.head}" if self.head else "")
+        text += "".join(f" + {k}: {v}" for k, v in self.keys.items())
         if self.args:
             text += "; " + " ".join(f"{k}={v}" for k, v in self.args.items())
         return text + (f" ({self.about})" if self.about else "")
@@ -114,7 +118,7 @@ class Spec:
 # 58, and keeps its last epochs free of strong augmentation). The recipe has mosaic 0.
 DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.5)}
 MODELS = {
-    "rtdetr-effvit": Spec("cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n"),
+    "rtdetr-effvit": Spec("cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n, PeakDecoder"),
     "rtdetr-effvit-deim": Spec(
         "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {"criterion": "deim"}, "the default with DEIM's training"
     ),
@@ -140,6 +144,10 @@ MODELS["rtdetr-effvit-mal"] = Spec(
 )
 MODELS["rtdetr-effvit-dense"] = Spec(
     "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {}, "the default with DEIM's mosaic / mix-up schedule only"
+)
+# the default before PeakDecoder: the same model and training, RT-DETR's own top-k query selection at inference
+MODELS["rtdetr-effvit-topk"] = Spec(
+    "cfg/models/rtdetr-effvit.yaml", about="the default with RT-DETR's top-k query selection", head="RTDETRDecoder"
 )
 MODELS["rtdetr-effvit-hybrid"] = Spec(
     "cfg/models/rtdetr-effvit.yaml", {}, {"hybrid": 1.0}, "the default with a one-to-many query group in training"
@@ -266,19 +274,30 @@ def check_models(models: list[str]) -> None:
 
 
 def model_file(model: str, project: Path) -> str:
-    """The YAML a model trains from: its own, or the variant with its keys (``<project>/<model>.yaml``)."""
+    """The YAML a model trains from: its own, or the variant with its keys or head (``<project>/<model>.yaml``)."""
     spec = MODELS[model]
-    return str(project / f"{model}.yaml") if spec.keys else spec.yaml
+    return str(project / f"{model}.yaml") if spec.keys or spec.head else spec.yaml
+
+
+# a YAML layer row written as Ultralytics writes it: "- [from, repeats, Module, [args]]", capturing up to the module
+ROW = re.compile(r"^(\s*-\s*\[\s*(?:-?\d+|\[[^\]]*\])\s*,\s*\d+\s*,\s*)([A-Za-z_][\w.]*)(?=\s*,)", re.MULTILINE)
 
 
 def write_variant(model: str, project: Path) -> Path | None:
-    """Write the variant YAML of a model with keys: its YAML's text with the keys appended. The file is named after
-    the model (e.g. ``rtdetr-effvit-deim.yaml``): not a ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale
-    and the YAML's ``default_scale`` (n for the default model) applies, as for the original."""
+    """Write the variant YAML of a model with keys or a head: its YAML's text with the last row's module renamed and
+    the keys appended. The file is named after the model (e.g. ``rtdetr-effvit-deim.yaml``): not a
+    ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale and the YAML's ``default_scale`` (n for the default
+    model) applies, as for the original."""
     spec = MODELS[model]
-    if not spec.keys:
+    if not spec.keys and not spec.head:
         return None
     text = (ROOT / spec.yaml).read_text()
+    if spec.head:
+        rows = list(ROW.finditer(text))
+        if not rows:
+            raise SystemExit(f"{spec.yaml} has no layer rows; {model} cannot rename its head to {spec.head}")
+        last = rows[-1]
+        text = text[: last.start(2)] + spec.head + text[last.end(2) :]
     for key in spec.keys:
         if re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE):
             raise SystemExit(f"{spec.yaml} already has a top-level {key}: key; {model} would not change it")
@@ -286,7 +305,7 @@ def write_variant(model: str, project: Path) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         text.rstrip("\n")
-        + f"\n\n# benchmarks/learning.py: {model} is {spec.yaml} with these keys added\n"
+        + f"\n\n# benchmarks/learning.py: {model} is {spec.describe()}\n"
         + "".join(f"{k}: {v}\n" for k, v in spec.keys.items())
     )
     return path

@@ -103,7 +103,8 @@ def test_ultralytics_ddp_worker_trains_a_plugin_yaml(tiny_data, tmp_path, monkey
     assert first.__module__.startswith("yolo_plugins.") and first.__name__ == "EfficientViT"
     plugin_layers = [i for i, m in enumerate(model.model) if type(m).__module__.startswith("yolo_plugins.")]
     assert len(plugin_layers) >= 2, plugin_layers
-    assert type(model.model[-1]).__name__ == "RTDETRDecoder" and model.nc == 6
+    head = type(model.model[-1])  # the default's PeakDecoder, a plugin layer too, an RT-DETR head for the trainer
+    assert head.__name__ == "RTDETRPeakDecoder" and head.__mro__[1].__name__ == "RTDETRDecoder" and model.nc == 6
 
 
 def test_ultralytics_ddp_worker_without_the_startup_hook_fails(tiny_data, tmp_path, monkeypatch):

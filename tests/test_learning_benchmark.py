@@ -145,6 +145,25 @@ def test_variant_yaml_adds_criterion_deim_and_keeps_scale_n(tmp_path):
     assert size(path) == size(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")  # the same model, scale n
 
 
+def test_head_variant_renames_only_the_last_rows_module(tmp_path, monkeypatch):
+    from ultralytics.nn.tasks import yaml_model_load
+
+    path = learning.write_variant("rtdetr-effvit-topk", tmp_path)
+    assert learning.command("rtdetr-effvit-topk", 0, tmp_path, {})[2] == f"model={path}"
+    variant, original = yaml_model_load(path), yaml_model_load(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")
+    assert original["head"][-1][2] == "PeakDecoder" and variant["head"][-1][2] == "RTDETRDecoder"
+    variant["head"][-1][2] = "PeakDecoder"
+    assert {k: v for k, v in variant.items() if k != "yaml_file"} == {
+        k: v for k, v in original.items() if k != "yaml_file"
+    }
+    monkeypatch.setitem(learning.MODELS, "rowless", learning.Spec("cfg/models/rtdetr-effvit.yaml", head="X"))
+    monkeypatch.setattr(learning, "ROOT", tmp_path)
+    (tmp_path / "cfg/models").mkdir(parents=True)
+    (tmp_path / "cfg/models/rtdetr-effvit.yaml").write_text("nc: 1\nbackbone: []\nhead: []\n")
+    with pytest.raises(SystemExit, match="has no layer rows; rowless cannot rename its head to X"):
+        learning.write_variant("rowless", tmp_path)
+
+
 def test_a_missing_model_yaml_stops_before_training(monkeypatch):
     monkeypatch.setitem(learning.MODELS, "later", learning.Spec("cfg/models/not-written-yet.yaml"))
     with pytest.raises(SystemExit, match=r"later needs .*cfg/models/not-written-yet.yaml\nleave it out with models=y"):

@@ -15,12 +15,12 @@ from yolo_plugins.blocks.peak_queries import RTDETRPeakDecoder, peak_ranking
 
 
 def _pair(tmp_path, nc: int = 3):
-    """The default model with the stock head and with ``PeakDecoder``, the same weights."""
+    """The default model (``PeakDecoder``) and the same with the stock head, the same weights."""
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
-    assert DEFAULT.count("RTDETRDecoder, [nc") == 1
-    (tmp_path / "rtdetr-effvit-peak.yaml").write_text(DEFAULT.replace("RTDETRDecoder, [nc", "PeakDecoder, [nc"))
-    (tmp_path / "rtdetr-effvit.yaml").write_text(DEFAULT)
+    assert DEFAULT.count("PeakDecoder, [nc") == 1 and "RTDETRDecoder, [nc" not in DEFAULT
+    (tmp_path / "rtdetr-effvit-peak.yaml").write_text(DEFAULT)
+    (tmp_path / "rtdetr-effvit.yaml").write_text(DEFAULT.replace("PeakDecoder, [nc", "RTDETRDecoder, [nc"))
     stock = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit.yaml"), nc=nc, verbose=False)
     peak = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit-peak.yaml"), nc=nc, verbose=False)
     assert type(peak.model[-1]) is RTDETRPeakDecoder

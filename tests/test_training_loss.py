@@ -190,7 +190,7 @@ def test_stock_models_keep_the_stock_loss_and_deim_swaps_only_the_class_term(tmp
     ("key", "yaml_name", "message"),
     [
         ("criterion: focal", "rtdetr-effvit.yaml", "criterion must be one of rtdetr, deim, dfine, got 'focal'"),
-        ("criterion: dfine", "rtdetr-effvit.yaml", "criterion: dfine does not apply to RTDETRDecoder"),
+        ("criterion: dfine", "rtdetr-effvit.yaml", "criterion: dfine does not apply to PeakDecoder"),
         ("criterion: rtdetr", "dfine-n.yaml", "criterion: rtdetr does not apply to FDRDecoder"),
         ("criterion: deim", "yolov10-effvit.yaml", "trains RT-DETR heads"),
     ],
