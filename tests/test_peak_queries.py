@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_dense_anchors import DEFAULT
+from test_dense_anchors import DEFAULT, ROOT
 from test_training_loss import BATCH, _batch
 
 from yolo_plugins.blocks.peak_queries import RTDETRPeakDecoder, peak_ranking
+
+DEFAULT_YAML = ROOT / "cfg" / "models" / "rtdetr-effvit.yaml"
 
 
 def _pair(tmp_path, nc: int = 3):
@@ -19,10 +21,9 @@ def _pair(tmp_path, nc: int = 3):
     from ultralytics.nn.tasks import RTDETRDetectionModel
 
     assert DEFAULT.count("PeakDecoder, [nc") == 1 and "RTDETRDecoder, [nc" not in DEFAULT
-    (tmp_path / "rtdetr-effvit-peak.yaml").write_text(DEFAULT)
     (tmp_path / "rtdetr-effvit.yaml").write_text(DEFAULT.replace("PeakDecoder, [nc", "RTDETRDecoder, [nc"))
     stock = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit.yaml"), nc=nc, verbose=False)
-    peak = RTDETRDetectionModel(str(tmp_path / "rtdetr-effvit-peak.yaml"), nc=nc, verbose=False)
+    peak = RTDETRDetectionModel(str(DEFAULT_YAML), nc=nc, verbose=False)
     assert type(peak.model[-1]) is RTDETRPeakDecoder
     assert list(peak.state_dict()) == list(stock.state_dict())  # same parameter names: weights load both ways
     peak.load_state_dict(stock.state_dict())
@@ -125,8 +126,8 @@ def test_onnx_export_gives_the_same_detections(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from ultralytics import RTDETR
 
-    _pair(tmp_path)
-    model = RTDETR(str(tmp_path / "rtdetr-effvit-peak.yaml"))
+    (tmp_path / "rtdetr-effvit.yaml").write_text(DEFAULT)  # the exporter writes beside the YAML
+    model = RTDETR(str(tmp_path / "rtdetr-effvit.yaml"))
     path = model.export(format="onnx", imgsz=160)
     x = torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(path)
