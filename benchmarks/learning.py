@@ -102,6 +102,11 @@ class Spec:
     about: str = ""
     head: str = ""
 
+    @property
+    def variant(self) -> bool:
+        """Whether the model trains from a variant of its YAML (keys added or the head renamed)."""
+        return bool(self.keys or self.head)
+
     def describe(self) -> str:
         """The spec in one line, e.g. ``cfg/models/a.yaml + criterion: deim; mosaic=1.0 ...``."""
         text = self.yaml + (f" with head {self.head}" if self.head else "")
@@ -276,7 +281,7 @@ def check_models(models: list[str]) -> None:
 def model_file(model: str, project: Path) -> str:
     """The YAML a model trains from: its own, or the variant with its keys or head (``<project>/<model>.yaml``)."""
     spec = MODELS[model]
-    return str(project / f"{model}.yaml") if spec.keys or spec.head else spec.yaml
+    return str(project / f"{model}.yaml") if spec.variant else spec.yaml
 
 
 # a YAML layer row written as Ultralytics writes it: "- [from, repeats, Module, [args]]", capturing up to the module
@@ -289,7 +294,7 @@ def write_variant(model: str, project: Path) -> Path | None:
     ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale and the YAML's ``default_scale`` (n for the default
     model) applies, as for the original."""
     spec = MODELS[model]
-    if not spec.keys and not spec.head:
+    if not spec.variant:
         return None
     text = (ROOT / spec.yaml).read_text()
     if spec.head:
