@@ -22,6 +22,18 @@ def randomise_bn(module: nn.Module, seed: int = 0) -> None:
                 m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), read from Linux's
+    ``/proc/cpuinfo`` (False where it cannot be read). Without them the INT8 kernels of OpenVINO and ONNX Runtime
+    multiply 8-bit pairs into 16-bit sums that can saturate (OpenVINO's "saturation issue"), so an INT8 export loses
+    accuracy that it keeps on a CPU with them."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def tiny_shapes(root: Path, imgsz: int = 64) -> Path:
     """A tiny generated detection set (8 train, 4 val, 2 test images) under ``root``; returns its data YAML."""
     from yolo_plugins.data.shapes import CLASSES, generate

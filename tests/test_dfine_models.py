@@ -10,7 +10,7 @@ import numpy as np
 import official_fixture as fx
 import pytest
 import torch
-from helpers import randomise_bn
+from helpers import cpu_has_vnni, randomise_bn
 
 TINY_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu", "plots": False}  # one tiny epoch
 ZOO = [
@@ -214,7 +214,11 @@ def test_export_gives_the_pytorch_detections(converted, fmt, tmp_path):
 def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
     """``quantize=8`` (OpenVINO NNCF, ONNX Runtime static quantization) of a converted checkpoint: the graph is
     quantized and its top-50 float32 boxes are each found in the INT8 output within 0.02 of the image size (seen:
-    at most 0.005), sorted scores within 0.02 (seen: 0.005)."""
+    at most 0.005), sorted scores within 0.02 (seen: 0.005). On a CPU without VNNI (``helpers.cpu_has_vnni``; the
+    INT8 kernels saturate) within 0.05 (seen on an AVX2-only AMD EPYC: boxes 0.033 OpenVINO / 0.018 ONNX, scores
+    0.022 / 0.006). The seeded fixture's outputs hardly depend on the image (the mirrored image gives the same ones
+    within 1e-6), so this checks that the INT8 graph reproduces float32's numbers; that INT8 exports follow the image
+    is ``test_int8.py``'s check, on the RT-DETR heads."""
     from helpers import tiny_shapes
     from ultralytics import YOLO
 
@@ -239,9 +243,10 @@ def test_int8_export_keeps_the_float32_detections(converted, fmt, tmp_path):
         want = YOLO(str(converted)).model.eval()(x.float())[0][0].numpy()
     got = run(x.numpy())
     assert got.shape == want.shape
-    np.testing.assert_allclose(np.sort(got[:, 4]), np.sort(want[:, 4]), atol=0.02, rtol=0)
+    tol = 0.02 if cpu_has_vnni() else 0.05
+    np.testing.assert_allclose(np.sort(got[:, 4]), np.sort(want[:, 4]), atol=tol, rtol=0)
     errors = [np.abs(got[:, :4] - row[:4]).max(1).min() for row in want[:50]]
-    assert max(errors) < 0.02, f"{fmt} INT8: a float32 box is {max(errors):.3f} from every INT8 box"
+    assert max(errors) < tol, f"{fmt} INT8: a float32 box is {max(errors):.3f} from every INT8 box (tolerance {tol})"
 
 
 @pytest.mark.parametrize("ceil_mode", [False, True])

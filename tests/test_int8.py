@@ -15,6 +15,12 @@ images' INT8 detections are swapped. Shown to fail (default model) when the expo
 the first layer's box head (4.1 px ONNX, 3.6 px OpenVINO) or score head (classes missing), its score layer is scaled
 x2 (0.10), its input x0.5 (41 / 15 px), or the INT8 scores are raised by 0.04 (0.034); not when the score layer is
 scaled x1.2 (0.022: within INT8's own error on these weights).
+
+Those figures are from the machine of 2026-12-06 (its CPU flags were not recorded); the tolerance applies where the
+CPU has VNNI (8-bit dot products). On a CPU without it (AVX2 only: a 2-core AMD EPYC, family
+25 model 1, 2026-12-07) the INT8 kernels' 16-bit sums saturate and the medians were 1.9-7.9 px / 0.012-0.078 (ONNX
+1.9-3.7 px, OpenVINO 2.5-7.9 px), the other image's 9.8-32 px: there the test asserts a median box error within
+``NO_VNNI_BOX`` and at most 2/3 of the error against the other image's detections (docs/deploy-cpu.md).
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import calibrate, letterboxed, spread_outputs
+from helpers import calibrate, cpu_has_vnni, letterboxed, spread_outputs
 
 IMGSZ = 64
 TOP = 10  # float32's best detections on each test image, looked for in the INT8 output
 # the medians, over those 2 x 10 detections, of the box error (px, in the original image, about 50 px wide) and of the
 # score error that the INT8 export must stay within
 TOLERANCE = (3.0, 0.03)
+# on a CPU without VNNI (helpers.cpu_has_vnni): the median box error, px, that the INT8 export must stay within
+NO_VNNI_BOX = 10.0
 DEFAULT = ["rtdetr-effvit-n.yaml"]
 ZOO_N = sorted(
     f"{p.stem}-n.yaml"
@@ -97,9 +105,18 @@ def export_and_compare(cfg: str, fmt: str, data: str) -> None:
     want = [detections(model, image)[:TOP] for image in images]
     got = [detections(int8, image) for image in images]
     ok, medians = agree(want, got)
-    swapped, _ = agree(want, [got[1], got[0]])
+    swapped, other = agree(want, [got[1], got[0]])
     assert not swapped, f"{cfg}: the check cannot tell the test images apart"
-    assert ok, f"{cfg}: {fmt} INT8 against float32, median box and score errors {medians} (tolerance {TOLERANCE})"
+    if cpu_has_vnni():
+        assert ok, f"{cfg}: {fmt} INT8 against float32, median box and score errors {medians} (tolerance {TOLERANCE})"
+        return
+    # Without VNNI the INT8 kernels saturate (helpers.cpu_has_vnni) and TOLERANCE does not hold; the INT8 detections
+    # must still be near float32's and follow their own image, not the other one.
+    assert medians[0] <= NO_VNNI_BOX, f"{cfg}: {fmt} INT8 median box error {medians[0]:.1f} px (no VNNI: {NO_VNNI_BOX})"
+    assert medians[0] * 1.5 < other[0], (
+        f"{cfg}: {fmt} INT8 detections are not clearly closer to their own image's float32 detections than to the "
+        f"other image's (median box errors {medians[0]:.1f} / {other[0]:.1f} px; this CPU has no VNNI)"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
