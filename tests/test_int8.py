@@ -17,9 +17,9 @@ x2 (0.10), its input x0.5 (41 / 15 px), or the INT8 scores are raised by 0.04 (0
 scaled x1.2 (0.022: within INT8's own error on these weights).
 
 Those figures are from the machine of 2026-12-06 (its CPU flags were not recorded); the tolerance applies where the
-CPU has VNNI (8-bit dot products). On a CPU without it (AVX2 only: a 2-core AMD EPYC, family
-25 model 1, 2026-12-07) the INT8 kernels' 16-bit sums saturate and the medians were 1.9-7.9 px / 0.012-0.078 (ONNX
-1.9-3.7 px, OpenVINO 2.5-7.9 px), the other image's 9.8-32 px: there the test asserts a median box error within
+CPU has VNNI (8-bit dot products). On a CPU without it (AVX2 only: a 2-core AMD EPYC, family 25 model 1,
+2026-12-07) the INT8 kernels' 16-bit sums saturate and the medians were 1.9-7.9 px / 0.012-0.078 (ONNX 1.9-3.7 px,
+OpenVINO 2.5-7.9 px), the other image's 9.8-32 px: there the test asserts a median box error within
 ``NO_VNNI_BOX`` and at most 2/3 of the error against the other image's detections (docs/deploy-cpu.md).
 """
 
