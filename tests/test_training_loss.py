@@ -186,6 +186,52 @@ def test_stock_models_keep_the_stock_loss_and_deim_swaps_only_the_class_term(tmp
     assert not torch.allclose(out["a"][1]["cls_loss"], out["b"][1]["cls_loss"])  # MAL, not VFL
 
 
+@pytest.mark.parametrize("criterion", ["rtdetr", "deim"])
+def test_class_gain_scales_the_class_terms_only(tmp_path, criterion):
+    """``class_gain:`` weighs the classification terms of the stock loss and of its MAL form (encoder, decoder
+    layers, denoising) by the gain, leaves the box terms and the matching alone, and reaches ``hybrid:``'s group."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    from yolo_plugins.host.rtdetr_loss import extra_losses
+
+    d = yaml.safe_load((ROOT / "cfg" / "models" / "rtdetr-effvit.yaml").read_text())
+    out = {}
+    for gain in (1.0, 3.0):
+        d.update(criterion=criterion, class_gain=gain, hybrid=1.0)
+        path = tmp_path / f"{gain}" / "rtdetr-effvit.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        torch.manual_seed(0)
+        model = RTDETRDetectionModel(str(path), nc=3, verbose=False).train()
+        model.nc = 3  # the trainer sets it (the stock loss reads it)
+        torch.manual_seed(1)  # the same denoising noise
+        loss, items = model.loss(_batch(*BATCH))
+        hybrid = extra_losses(model)[0]
+        out[gain] = (loss, items, model.criterion.loss_gain, hybrid.criterion.loss_gain)
+    (loss_1, items_1, gains_1, hybrid_1), (loss_3, items_3, gains_3, hybrid_3) = out[1.0], out[3.0]
+    assert gains_1["class"] == hybrid_1["class"] == 1.0 and gains_3["class"] == hybrid_3["class"] == 3.0
+    assert {k: v for k, v in gains_1.items() if k != "class"} == {k: v for k, v in gains_3.items() if k != "class"}
+    assert items_1["cls_loss"] > 0 and torch.allclose(items_3["cls_loss"], 3 * items_1["cls_loss"], rtol=1e-5)
+    for name in ("giou_loss", "l1_loss"):  # same matching, same boxes
+        assert torch.allclose(items_3[name], items_1[name], rtol=1e-5), name
+    assert loss_3 > loss_1
+
+
+@pytest.mark.parametrize(
+    ("value", "yaml_name", "message"),
+    [
+        (-1, "rtdetr-effvit.yaml", "class_gain must be a gain >= 0"),
+        (True, "rtdetr-effvit.yaml", "class_gain must be a gain >= 0 .*got True"),
+        ("high", "rtdetr-effvit.yaml", "got 'high'"),
+        (2.0, "yolov10-effvit.yaml", "class_gain: 2.0 trains RT-DETR heads .* remove the class_gain key"),
+        (2.0, "dfine-n.yaml", "FDRDecoder .* trains with its own criterion: remove the class_gain key"),
+    ],
+)
+def test_a_bad_class_gain_fails_when_the_model_is_built(tmp_path, value, yaml_name, message):
+    with pytest.raises(ValueError, match=message):
+        build_with_key(tmp_path, yaml_name, "class_gain", value)
+
+
 @pytest.mark.parametrize(
     ("key", "yaml_name", "message"),
     [

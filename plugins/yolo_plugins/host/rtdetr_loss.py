@@ -17,6 +17,9 @@ is Ultralytics' ``mosaic=``, ``mixup=`` and ``close_mosaic=`` (docs/training-dei
 ``hybrid: gain`` (or ``[gain, repeats, queries]``) adds, on ``RTDETRDecoder``, a one-to-many group of decoder
 queries in training (``blocks.hybrid_queries``: H-DETR's hybrid matching, every object repeated ``repeats`` times,
 default 6, for ``queries`` top-k proposals, default ``repeats`` x the head's queries; logged as ``hyb_*``).
+``class_gain: gain`` sets the classification term's gain of the stock loss and its MAL form (Ultralytics' 1; the
+matching costs are unchanged), for every term it weighs: the encoder's selection, each decoder layer, the denoising
+groups and ``hybrid:``'s group. The default model sets 2 (docs/benchmarks/learning/class-gain-screen.md).
 The keys are checked when the model is built (``check``), so a wrong value fails before the first epoch.
 """
 
@@ -74,6 +77,22 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def class_gain_setting(value: Any) -> float:
+    """``class_gain:`` as a float: a number >= 0; ValueError naming the key otherwise."""
+    if not _gain(value):
+        raise ValueError(f"model YAML: class_gain must be a gain >= 0 (e.g. class_gain: 2.0), got {value!r}")
+    return float(value)
+
+
+def class_gained(criterion: Any, model: Any) -> Any:
+    """``criterion`` (the stock RT-DETR loss or its MAL form) with ``model``'s YAML ``class_gain:`` as its
+    classification gain; unchanged without the key."""
+    value = (getattr(model, "yaml", None) or {}).get("class_gain")
+    if value is not None:
+        criterion.loss_gain = {**criterion.loss_gain, "class": class_gain_setting(value)}
+    return criterion
+
+
 def o2m_setting(value: Any) -> tuple[float, int]:
     """``o2m:`` as (gain, topk): a number >= 0 (topk 2) or ``[gain, topk]``; ValueError naming the key otherwise."""
     gain, topk = (value, O2M_TOPK) if not isinstance(value, (list, tuple)) else (tuple(value) + (None,))[:2]
@@ -98,9 +117,9 @@ def hybrid_setting(value: Any) -> tuple[float, int, int | None]:
 
 
 def check(d: dict, namespace: dict) -> None:
-    """Refuse a model dict's ``criterion:``, ``o2m:`` or ``hybrid:`` that its head cannot train with, naming the
-    value, the head and the fix."""
-    keys = [key for key in ("criterion", "o2m", "hybrid") if d.get(key) is not None]
+    """Refuse a model dict's ``criterion:``, ``o2m:``, ``hybrid:`` or ``class_gain:`` that its head cannot train
+    with, naming the value, the head and the fix."""
+    keys = [key for key in ("criterion", "o2m", "hybrid", "class_gain") if d.get(key) is not None]
     if not keys:
         return
     value = d.get("criterion")
@@ -110,6 +129,8 @@ def check(d: dict, namespace: dict) -> None:
         o2m_setting(d["o2m"])
     if d.get("hybrid") is not None:
         hybrid_setting(d["hybrid"])
+    if d.get("class_gain") is not None:
+        class_gain_setting(d["class_gain"])
     rows = list(d.get("backbone") or []) + list(d.get("head") or [])
     name = rows[-1][2] if rows and isinstance(rows[-1], (list, tuple)) and len(rows[-1]) > 2 else None
     accepted = head_criteria(namespace.get(name) if isinstance(name, str) else None)
@@ -123,11 +144,13 @@ def check(d: dict, namespace: dict) -> None:
             f"model YAML: criterion: {value} does not apply to {name} (layer {len(rows) - 1}); use one of "
             f"{', '.join(accepted)}"
         )
-    if d.get("hybrid") is not None and hasattr(namespace.get(name), "build_criterion"):
-        raise ValueError(
-            f"model YAML: hybrid: {d['hybrid']} trains RTDETRDecoder's query groups; {name} (layer {len(rows) - 1}) "
-            "trains with its own criterion: remove the hybrid key"
-        )
+    for key in ("hybrid", "class_gain"):
+        if d.get(key) is not None and hasattr(namespace.get(name), "build_criterion"):
+            what = "RTDETRDecoder's query groups" if key == "hybrid" else "the stock RT-DETR loss's classification term"
+            raise ValueError(
+                f"model YAML: {key}: {d[key]} trains {what}; {name} (layer {len(rows) - 1}) trains with its own "
+                f"criterion: remove the {key} key"
+            )
 
 
 def chosen(model: Any) -> str:
@@ -187,11 +210,16 @@ def wrap_rtdetr_loss(original: Callable) -> Callable:
         name = chosen(self)
         own = hasattr(head, "build_criterion")
         if not own and name == "rtdetr":
+            if (getattr(self, "yaml", None) or {}).get("class_gain") is not None:
+                if getattr(self, "criterion", None) is None:  # the host's criterion, built as the host would
+                    self.criterion = self.init_criterion()
+                class_gained(self.criterion, self)
             return original(self, batch, preds)
         if getattr(self, "criterion", None) is None or getattr(self, "_criterion_name", None) != name:
             self.criterion = head.build_criterion(name, head.nc) if own else stock_mal_loss(head.nc)
             self._criterion_name = name
         if not own:  # the stock computation with MAL as its classification term
+            class_gained(self.criterion, self)
             return original(self, batch, preds)
         targets = targets if targets is not None else targets_of(batch)
         if preds is None:
@@ -256,4 +284,4 @@ def hybrid_loss(model: Any, gain: float, repeats: int, queries: int) -> Any:
             "False); remove the hybrid key or set learnt_init_query to False"
         )
     criterion = stock_mal_loss(head.nc) if chosen(model) == "deim" else model.init_criterion()
-    return HybridQueryLoss(criterion, gain, repeats, queries)
+    return HybridQueryLoss(class_gained(criterion, model), gain, repeats, queries)
