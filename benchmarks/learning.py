@@ -123,7 +123,9 @@ class Spec:
 # 58, and keeps its last epochs free of strong augmentation). The recipe has mosaic 0.
 DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.5)}
 MODELS = {
-    "rtdetr-effvit": Spec("cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n, PeakDecoder"),
+    "rtdetr-effvit": Spec(
+        "cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n, PeakDecoder, class_gain 2"
+    ),
     "rtdetr-effvit-deim": Spec(
         "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {"criterion": "deim"}, "the default with DEIM's training"
     ),
