@@ -14,6 +14,9 @@ benchmark scripts wrote (each with its command, date, CPU, load and versions in 
   ``yolo26n`` at 640 and 320 px from :data:`SPEED` (``benchmarks/speed.py``), where that run timed the model.
 - ``speed``: every model of :data:`SPEED`, median ms and ratio per runtime at 640 and 320 px, under a line saying
   when, where and how it was measured (from the ``.md`` beside the CSV).
+- ``learning``: the default model against the stock references per data set of :data:`LEARNING`
+  (``benchmarks/learning.py``'s tables: peak and end-of-training val mAP50 over the seeds, the minutes to 0.5 with
+  the seeds that reached it, the epochs), with each run's machine, time, load and command.
 
 Outside those blocks a number that reads as a measurement (ms, a ``0.62x`` ratio, %, minutes, an AP or mAP value)
 must stand in a paragraph (or table row) that links a file under ``docs/benchmarks/`` holding that number
@@ -35,6 +38,11 @@ CFG = ROOT / "cfg" / "models"
 ZOO = ROOT / "docs" / "benchmarks" / "zoo-table.md"
 SPEED = ROOT / "docs" / "benchmarks" / "speed" / "small-detrs" / "speed.csv"
 OLDER_SPEED = ROOT / "docs" / "benchmarks" / "speed" / "speed.md"  # every zoo n model, against yolov10n
+# the learning benchmark's runs of the default model beside the stock references, one file per data set
+LEARNING = (
+    ROOT / "docs" / "benchmarks" / "learning" / "trees-default-vs-yolo-3seeds.md",
+    ROOT / "docs" / "benchmarks" / "learning" / "shapes-default-vs-yolo-3seeds.md",
+)
 BASELINE = "yolo26n"
 STOCK = ("yolo26n", "yolov10n")  # the stock CPU references of the models table
 RUNTIMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -227,7 +235,89 @@ def speed_block() -> str:
     return "\n".join([*head, "", *lines])
 
 
-BLOCKS = {"models": models_block, "speed": speed_block}
+def md_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every Markdown table of ``text`` as a list of ``{column header: cell}`` rows."""
+    out, head = [], None
+    for line in [*text.splitlines(), ""]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None:
+            head = None
+        elif head is None:
+            head = cells
+            out.append([])
+        elif not line.startswith("|---"):
+            out[-1].append(dict(zip(head, cells)))
+    return out
+
+
+def learning_rows(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The header (``command``, ``started``, ``finished``, ``cpu``, ``load``) and one row per model (``model``,
+    ``peak``, ``end``, ``epochs``, ``to 0.5``: minutes to 0.5 mAP50) of a results file that ``benchmarks/learning.py``
+    wrote."""
+    text = path.read_text(encoding="utf-8")
+    header = {}
+    if m := re.search(r"^Command: `([^`]+)`", text, flags=re.M):
+        header["command"] = m.group(1)
+    if m := re.search(
+        r"^Started (.+?) UTC, finished (.+?) UTC\. CPU: ([^,]+),.*?before ([\d.]+/\d+), after ([\d.]+/\d+)", text, re.M
+    ):
+        header.update(started=m.group(1), finished=m.group(2), cpu=m.group(3), load=f"{m.group(4)} -> {m.group(5)}")
+    tables = md_tables(text)
+    summary = next((t for t in tables if t and "peak mAP50" in t[0]), [])
+    minutes = next((t for t in tables if t and "min to 0.5" in t[0]), [])
+    to_half = {r["model"]: r["min to 0.5"] for r in minutes}
+    if not summary or "started" not in header or set(to_half) != {r["model"] for r in summary}:
+        raise SystemExit(f"{rel(path)} is not a results file of benchmarks/learning.py (no header or summary tables)")
+    rows = [
+        {
+            "model": r["model"],
+            "peak": r["peak mAP50"],
+            "end": r["end-of-training mAP50"],
+            "epochs": r["epochs"],
+            "to 0.5": to_half[r["model"]],
+        }
+        for r in summary
+    ]
+    return header, rows
+
+
+def seeds(command: str) -> int:
+    """How many seeds a ``learning.py`` command trained (its default: 3)."""
+    m = re.search(r"\bseeds=([\d,]+)", command)
+    return len(m.group(1).split(",")) if m else 3
+
+
+def learning_block() -> str:
+    """How fast the default model learns against the stock references: peak and end-of-training val mAP50 over the
+    seeds, per data set, from the learning benchmark's files."""
+    lines = [
+        "| data set | model | peak val mAP50 | end-of-training val mAP50 | minutes to 0.5 val mAP50 | epochs |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for path in LEARNING:
+        header, rows = learning_rows(path)
+        data = path.stem.split("-")[0]
+        for r in rows:
+            lines.append(f"| `{data}` | `{r['model']}` | {r['peak']} | {r['end']} | {r['to 0.5']} | {r['epochs']} |")
+        md = rel(path)
+        command = header.get("command", "")
+        hours, limit = re.search(r"\btime=([\d.]+)", command), re.search(r"\blimit=([\d.]+)", command)
+        minutes = round(float(hours.group(1)) * 60) if hours else (limit.group(1) if limit else "?")
+        notes.append(
+            f"- `{data}`: {len(rows)} models x {seeds(command)} seeds, {minutes} minutes each; {header['cpu']}, "
+            f"{header['started']} to {header['finished']} UTC, load (1 min / CPUs) "
+            f"{header['load']}; `{header.get('command', 'command not recorded')}` ([{md}]({md}))"
+        )
+    head = [
+        "Val mAP50, mean (min-max) over the seeds; every model trained from scratch with the same recipe for the same "
+        "CPU minutes, two runs side by side (one thread each):",
+        "",
+    ]
+    return "\n".join([*head, *lines, "", *notes])
+
+
+BLOCKS = {"models": models_block, "speed": speed_block, "learning": learning_block}
 # what reads as a measurement: a value with a unit of time or a ratio, a percentage, or an AP / mAP value
 MEASUREMENT = re.compile(
     r"(?<![\w.])(\d+(?:\.\d+)?)\s?(?:ms\b|x\b|%|minutes?\b|min\b)"

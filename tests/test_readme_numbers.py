@@ -150,3 +150,45 @@ def test_links_of_the_readme_and_docs_resolve():
             elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+LEARNING_FILE = """Command: `python benchmarks/learning.py data=trees models=a,b seeds=0,1 jobs=2 time=0.1667`
+
+Started 2026-01-02 03:04 UTC, finished 2026-01-02 04:05 UTC. CPU: Some CPU, 2 logical CPUs (2 usable); load (1 min \
+average / CPUs) before 0.5/2, after 1.5/2.
+
+| model | mAP50 @10 min | min to 0.3 | min to 0.5 | min/epoch | seeds |
+|---|---:|---:|---:|---:|---:|
+| a | 0.300 (0.290-0.312) | 6.8 (6.1-7.5) | 0/2 reached (best 0.342) | 0.25 (0.24-0.25) | 0,1 |
+| b | 0.111 (0.100-0.122) | 9.0 (8.5-9.5) | 9.5, 1/2 reached (best 0.512) | 0.33 (0.33-0.33) | 0,1 |
+
+| model | peak mAP50 | end-of-training mAP50 | epochs | min to 0.5 / yolov10n's |
+|---|---:|---:|---:|---:|
+| a | 0.321 (0.300-0.342) | 0.301 (0.290-0.312) | 40-41 | - |
+| b | 0.123 (0.100-0.146) | 0.111 (0.100-0.122) | 30 | 0.84x |
+
+Models (YAML + keys added; train arguments over the recipe):
+"""
+
+
+def test_learning_block_is_the_benchmark_files_summary(tmp_path, monkeypatch):
+    """The learning block holds each file's rows (peak, end, minutes to 0.5, epochs per model), its data set, minutes,
+    seeds, CPU, times, load and command."""
+    path = tmp_path / "trees-x-2seeds.md"
+    path.write_text(LEARNING_FILE, encoding="utf-8")
+    monkeypatch.setattr(docs, "LEARNING", (path,))
+    monkeypatch.setattr(docs, "rel", lambda p: p.name)
+    block = docs.learning_block()
+    assert "| `trees` | `a` | 0.321 (0.300-0.342) | 0.301 (0.290-0.312) | 0/2 reached (best 0.342) | 40-41 |" in block
+    assert "| `trees` | `b` | 0.123 (0.100-0.146) | 0.111 (0.100-0.122) | 9.5, 1/2 reached (best 0.512) | 30 |" in block
+    assert "2 models x 2 seeds, 10 minutes each; Some CPU, 2026-01-02 03:04 to 2026-01-02 04:05 UTC" in block
+    assert "0.5/2 -> 1.5/2" in block and "models=a,b seeds=0,1" in block
+
+
+def test_learning_block_refuses_a_file_that_is_not_a_results_file(tmp_path, monkeypatch):
+    path = tmp_path / "trees-3seeds.md"
+    path.write_text(LEARNING_FILE.split("| model |")[0], encoding="utf-8")  # the header without its table
+    monkeypatch.setattr(docs, "LEARNING", (path,))
+    monkeypatch.setattr(docs, "rel", lambda p: p.name)
+    with pytest.raises(SystemExit, match="trees-3seeds.md is not a results file of benchmarks/learning.py"):
+        docs.learning_block()
