@@ -29,14 +29,14 @@ minutes; the epoch last finished by then: Ultralytics' ``results.csv`` records t
 training after each epoch, validation included) and the minutes at which val mAP50 first reached 0.3 and 0.5, each as
 the mean over the seeds with the min-max range (a seed that never reached a threshold is counted and shown as not
 reached; the mean is over the seeds that reached it). Then, per model, the peak val mAP50 (each seed's best epoch),
-the end-of-training mAP50 (each seed's last epoch) and the minutes to 0.5 as a ratio to ``yolov10n``'s (mean over
-the seeds that reached it), then the per-epoch means. The file starts with the exact command, the date and time
-(UTC), the CPU model and core count, the machine's load before and after and the versions (python, torch,
-ultralytics, timm, the yolo-plugins git commit). Every run uses one torch thread (Ultralytics' ``cpu_count - 1`` on
-2 cores, data loaded in the training process), so a wall minute is a CPU minute when ``jobs`` equals the number of
-cores. Below the headline: per run final and best mAP50, mAP50-95, wall minutes, epochs, the machine's load average
-before and after it, the per-epoch curves and the exact command lines; and a plot of mean val mAP50 against minutes
-with the min-max band over the seeds (a png beside the table).
+the end-of-training mAP50 (each seed's last epoch), the mean over each seed's last five epochs and the minutes to 0.5
+as a ratio to ``yolov10n``'s (mean over the seeds that reached it), then the per-epoch means. The file starts with
+the exact command, the date and time (UTC), the CPU model and core count, the machine's load before and after and
+the versions (python, torch, ultralytics, timm, the yolo-plugins git commit). Every run uses one torch thread
+(Ultralytics' ``cpu_count - 1`` on 2 cores, data loaded in the training process), so a wall minute is a CPU minute
+when ``jobs`` equals the number of cores. Below the headline: per run final and best mAP50, mAP50-95, wall minutes,
+epochs, the machine's load average before and after it, the per-epoch curves and the exact command lines; and a plot
+of mean val mAP50 against minutes with the min-max band over the seeds (a png beside the table).
 
 ``out=`` is the Markdown file (default ``docs/benchmarks/learning/<data>-<n>seeds.md``, the plot beside it); the
 runs (weights, logs, variant YAMLs) go to ``runs=`` (or ``project=``; default ``runs/learning/<out's stem>``, not in
@@ -459,10 +459,11 @@ def headline(rows: list[dict], minutes: tuple[float, ...] = MINUTES) -> list[str
     return lines
 
 
-def summary(rows: list[dict], reference: str = REFERENCE, threshold: float = 0.5) -> list[str]:
-    """Per model: peak val mAP50 (each seed's best epoch) and end-of-training val mAP50 (each seed's last epoch) as
-    ``mean (min-max)`` over the seeds, the epochs finished, and the mean minutes to ``threshold`` over the seeds that
-    reached it divided by ``reference``'s (``-`` when either never reached it)."""
+def summary(rows: list[dict], reference: str = REFERENCE, threshold: float = 0.5, last: int = 5) -> list[str]:
+    """Per model: peak val mAP50 (each seed's best epoch), end-of-training val mAP50 (each seed's last epoch) and the
+    mean over each seed's ``last`` epochs (steadier than either on a small validation set) as ``mean (min-max)`` over
+    the seeds, the epochs finished, and the mean minutes to ``threshold`` over the seeds that reached it divided by
+    ``reference``'s (``-`` when either never reached it)."""
     models = by_model(rows)
 
     def mean_minutes(runs: list[dict]) -> tuple[float | None, int]:
@@ -471,19 +472,21 @@ def summary(rows: list[dict], reference: str = REFERENCE, threshold: float = 0.5
 
     ref, _ = mean_minutes(models.get(reference, []))
     lines = [
-        f"| model | peak mAP50 | end-of-training mAP50 | epochs | min to {threshold:g} / {reference}'s |",
-        "|---|---:|---:|---:|---:|",
+        f"| model | peak mAP50 | end-of-training mAP50 | mean mAP50 of the last {last} epochs | epochs "
+        f"| min to {threshold:g} / {reference}'s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for model, runs in models.items():
         peak = spread([max(m for _, m in r["points"]) for r in runs])
         end = spread([r["points"][-1][1] for r in runs])
+        tail = spread([statistics.mean(m for _, m in r["points"][-last:]) for r in runs])
         epochs = sorted(len(r["points"]) for r in runs)
         span = str(epochs[0]) if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}"
         mine, n = mean_minutes(runs)
         ratio = "-" if mine is None or ref is None else f"{mine / ref:.2f}x"
         if mine is not None and ref is not None and n < len(runs):
             ratio += f" ({n}/{len(runs)} reached)"
-        lines.append(f"| {model} | {peak} | {end} | {span} | {ratio} |")
+        lines.append(f"| {model} | {peak} | {end} | {tail} | {span} | {ratio} |")
     return lines
 
 

@@ -222,8 +222,12 @@ def test_main_writes_header_summary_and_commands_from_results_csv(tmp_path, monk
     deim = next(x for x in lines if x.startswith("| rtdetr-effvit-deim | 0.")).split(" | ")
     assert deim[1:3] == ["0.475 (0.400-0.550)", "0.550 (0.500-0.600)"]  # @2 min, @4 min
     # peak: 0.7 and 0.5; end of training: 0.6 and 0.5; minutes to 0.5: 2 and 3 -> 2.5 vs yolov10n's 4.5 and 3 -> 3.75
-    assert "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 4 | 0.67x |" in lines
-    assert "| yolov10n | 0.500 (0.500-0.500) | 0.475 (0.450-0.500) | 3 | 1.00x |" in lines
+    summary = next(x for x in lines if x.startswith("| model | peak mAP50 |"))
+    assert summary.startswith("| model | peak mAP50 | end-of-training mAP50 | mean mAP50 of the last 5 epochs |")
+    # the mean of the last 5 epochs is the mean of all 4 (3 for yolov10n)
+    deim = "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 0.444 (0.375-0.512) | 4 | 0.67x |"
+    assert deim in lines
+    assert "| yolov10n | 0.500 (0.500-0.500) | 0.475 (0.450-0.500) | 0.342 (0.300-0.383) | 3 | 1.00x |" in lines
     assert any(x.startswith("- rtdetr-effvit-deim: cfg/models/rtdetr-effvit.yaml + criterion: deim") for x in lines)
     cmd = next(x for x in lines if x.startswith("yolo train model=") and "deim-seed1" in x)
     assert {"mosaic=1.0", "mixup=0.5", "close_mosaic=2", "epochs=4"} <= set(cmd.split())
@@ -235,11 +239,21 @@ def test_summary_counts_seeds_that_never_reach_the_threshold():
     lines = learning.summary(ROWS)
     effvit = next(x for x in lines if x.startswith("| rtdetr-effvit |"))
     # minutes to 0.5: 12 and 15 (seed 2 never) -> 13.5; yolov10n's: 20 (one seed of three) -> 0.675
-    assert (
-        effvit == f"| rtdetr-effvit | 0.597 (0.490-0.700) | 0.597 (0.490-0.700) | 4 | {13.5 / 20:.2f}x (2/3 reached) |"
+    # the mean of the last 5 epochs is the mean of all 4: 0.4, 0.45, 0.31 -> 0.387 (0.310-0.450)
+    assert effvit == (
+        f"| rtdetr-effvit | 0.597 (0.490-0.700) | 0.597 (0.490-0.700) | 0.387 (0.310-0.450) | 4 "
+        f"| {13.5 / 20:.2f}x (2/3 reached) |"
     )
     assert next(x for x in lines if x.startswith("| yolov10n |")).endswith("| 1.00x (1/3 reached) |")
     assert learning.summary(ROWS, reference="absent")[-1].endswith("| - |")
+
+
+def test_summary_means_each_seeds_last_epochs():
+    lines = learning.summary(ROWS, last=2)
+    assert lines[0].startswith("| model | peak mAP50 | end-of-training mAP50 | mean mAP50 of the last 2 epochs |")
+    # last two epochs per seed: (0.55 + 0.6) / 2, (0.5 + 0.7) / 2, (0.45 + 0.49) / 2
+    cells = next(x for x in lines if x.startswith("| rtdetr-effvit |")).split(" | ")
+    assert cells[3] == f"{(0.575 + 0.6 + 0.47) / 3:.3f} (0.470-0.600)"
 
 
 def test_tables_only_rebuilds_the_tables_from_runs_already_there_and_trains_nothing(tmp_path, monkeypatch):
@@ -257,6 +271,8 @@ def test_tables_only_rebuilds_the_tables_from_runs_already_there_and_trains_noth
     lines = out.read_text().splitlines()
     assert lines[0].startswith("Command: `python benchmarks/learning.py tables_only=1 models=rtdetr-effvit-deim")
     assert "from the `results.csv` of 4 runs under `runs/`, trained earlier" in lines[2]
-    assert "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 4 | 0.67x |" in lines
+    # the mean of the last 5 epochs is the mean of all 4: 0.5125 and 0.375
+    deim = "| rtdetr-effvit-deim | 0.600 (0.500-0.700) | 0.550 (0.500-0.600) | 0.444 (0.375-0.512) | 4 | 0.67x |"
+    assert deim in lines
     assert "- yolov10n seed 1: 0.200 0.500 0.450" in lines
     assert out.with_suffix(".png").stat().st_size > 10_000
