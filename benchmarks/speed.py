@@ -411,15 +411,28 @@ def call(kind: str, spec: dict, tmp: Path, env: dict[str, str], quiet: bool = Fa
     return json.loads(out_file.read_text())
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform string elsewhere)."""
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (or the text ``cpuinfo``), with its family, model and vector extensions,
+    e.g. ``AMD EPYC (family 25 model 17; AVX-512 VNNI)``: two machines may share a model name and differ in speed and
+    in numerics. No commas, so the name stays one field of the headers that quote it. The platform string elsewhere."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    if isa and flags & {"avx512_vnni", "avx_vnni"}:
+        isa += " VNNI"
+    family = f"family {fields['cpu family']} model {fields.get('model', '?')}" if "cpu family" in fields else ""
+    detail = "; ".join(x for x in (family, isa) if x)
+    name = fields["model name"].replace(",", " ")
+    return f"{name} ({detail})" if detail else name
 
 
 def nproc() -> int:

@@ -57,3 +57,17 @@ def test_repeats_give_the_spread_of_per_repeat_ratios():
     rows = speed.rows([base, m], {"sizes": [320], "runtimes": ["openvino"]}, "yolov10n")
     row = next(r for r in rows if r["model"] == "a")
     assert (row["repeats"], row["ratio_min"], row["ratio_max"]) == (3, 0.9, 1.05)
+
+
+def test_cpu_model_names_family_model_and_vector_extensions():
+    """Two machines with the same model name ("AMD EPYC") differ in speed and numerics: the name carries the family,
+    model and vector extensions, without commas (headers quote it as one comma-separated field)."""
+    zen4 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    zen4 += "flags\t\t: sse avx2 avx512f avx512_vnni\n"
+    zen3 = zen4.replace(": 17", ": 1").replace(" avx512f avx512_vnni", "")
+    assert speed.cpu_model(zen4) == "AMD EPYC (family 25 model 17; AVX-512 VNNI)"
+    assert speed.cpu_model(zen3) == "AMD EPYC (family 25 model 1; AVX2)"
+    intel = "model name\t: Intel(R) Xeon(R), 2.1GHz\nflags\t\t: avx2 avx_vnni\n"
+    assert speed.cpu_model(intel) == "Intel(R) Xeon(R)  2.1GHz (AVX2 VNNI)"
+    # a second processor's lines do not override the first's
+    assert speed.cpu_model(zen4 + "\nprocessor\t: 1\nmodel name\t: Other\n").startswith("AMD EPYC (")
