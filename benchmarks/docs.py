@@ -41,7 +41,7 @@ OLDER_SPEED = ROOT / "docs" / "benchmarks" / "speed" / "speed.md"  # every zoo n
 # the learning benchmark's runs of the default model beside the stock references, one file per data set
 LEARNING = (
     ROOT / "docs" / "benchmarks" / "learning" / "trees-default-vs-yolo-3seeds.md",
-    ROOT / "docs" / "benchmarks" / "learning" / "shapes-default-vs-yolo-3seeds.md",
+    ROOT / "docs" / "benchmarks" / "learning" / "shapes-default-vs-yolo-25min.md",
 )
 BASELINE = "yolo26n"
 STOCK = ("yolo26n", "yolov10n")  # the stock CPU references of the models table
