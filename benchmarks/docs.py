@@ -301,13 +301,14 @@ def learning_block() -> str:
         for r in rows:
             lines.append(f"| `{data}` | `{r['model']}` | {r['peak']} | {r['end']} | {r['to 0.5']} | {r['epochs']} |")
         md = rel(path)
-        command = header.get("command", "")
+        command = header.get("command", "command not recorded")
+        # time= trains every run for those minutes; limit= alone only stops a run that is still training then
         hours, limit = re.search(r"\btime=([\d.]+)", command), re.search(r"\blimit=([\d.]+)", command)
-        minutes = round(float(hours.group(1)) * 60) if hours else (limit.group(1) if limit else "?")
+        minutes = f"{round(float(hours.group(1)) * 60)}" if hours else f"up to {limit.group(1)}" if limit else "?"
         notes.append(
             f"- `{data}`: {len(rows)} models x {seeds(command)} seeds, {minutes} minutes each; {header['cpu']}, "
-            f"{header['started']} to {header['finished']} UTC, load (1 min / CPUs) "
-            f"{header['load']}; `{header.get('command', 'command not recorded')}` ([{md}]({md}))"
+            f"{header['started']} to {header['finished']} UTC, load (1 min / CPUs) {header['load']}; `{command}` "
+            f"([{md}]({md}))"
         )
     head = [
         "Val mAP50, mean (min-max) over the seeds; every model trained from scratch with the same recipe for the same "

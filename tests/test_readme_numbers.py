@@ -183,6 +183,9 @@ def test_learning_block_is_the_benchmark_files_summary(tmp_path, monkeypatch):
     assert "| `trees` | `b` | 0.123 (0.100-0.146) | 0.111 (0.100-0.122) | 9.5, 1/2 reached (best 0.512) | 30 |" in block
     assert "2 models x 2 seeds, 10 minutes each; Some CPU, 2026-01-02 03:04 to 2026-01-02 04:05 UTC" in block
     assert "0.5/2 -> 1.5/2" in block and "models=a,b seeds=0,1" in block
+    # limit= alone stops runs still training then, so a run may have finished its epochs sooner
+    path.write_text(LEARNING_FILE.replace("time=0.1667", "limit=25"), encoding="utf-8")
+    assert "2 models x 2 seeds, up to 25 minutes each; Some CPU" in docs.learning_block()
 
 
 def test_learning_block_refuses_a_file_that_is_not_a_results_file(tmp_path, monkeypatch):
