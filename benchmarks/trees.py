@@ -25,10 +25,15 @@ straight from the zip.
 Tiles: square ``tile`` px crops at the source resolution (default 320 px; the learning recipe then resizes them to
 its ``imgsz``). Training tiles start every ``3/4 tile`` px along each axis (they overlap by a quarter) and the last
 one is flush with the image edge, so every pixel is covered and no tile is padded. Validation tiles do not overlap:
-they start every ``tile`` px and the last one along an axis is the remainder (at the default, 289 or 75 px wide), so
-a crown is counted once. A box is clipped to the tile and kept when at least half of its area is inside
-(``MIN_INSIDE``: a crown cut in two is labelled in the tile holding most of it) and when the clipped box is at least
-``MIN_SIDE`` px on each side; tiles without boxes (meadow) stay in as background images.
+they start every ``tile`` px, so a crown is counted once, and the last one along an axis is the remainder (at the
+default, 289 or 75 px of image), padded at its right and bottom to a full ``tile`` x ``tile`` square with Ultralytics'
+letterbox grey (114, ``PAD``). Every image is then square, as in training, and every model sees the same pixels:
+RT-DETR's validator resizes an image to a square without keeping its aspect ratio, so an unpadded 320 x 75 tile
+reached it stretched 4.3x while the YOLOs letterbox it (sets built before 2026-12-07 had unpadded remainders; the
+same checkpoints read on both: docs/benchmarks/learning/trees-val-padding.md). A box is clipped to the tile and
+kept when at least half of its area is inside (``MIN_INSIDE``: a crown cut in two is labelled in the tile holding
+most of it) and when the clipped box is at least ``MIN_SIDE`` px on each side; tiles without boxes (meadow) stay in
+as background images.
 
 Split, by source region, not by tile: the validation set is the whole ``2019_YELL_2_541000_4977000`` crop, a
 different 1 km NEON tile 13 km from the training crop of the same site (same camera, season and forest type, so it
@@ -68,6 +73,7 @@ TILE = 320
 MIN_INSIDE = 0.5  # a box is kept in a tile when at least this fraction of its area is inside it
 MIN_SIDE = 2.0  # px: clipped boxes narrower or lower than this are dropped
 MIN_TRAIN_TILES = 100  # fewer training tiles than this is reported as too small for the benchmark
+PAD = (114, 114, 114)  # fills a validation remainder tile up to a full square (Ultralytics' letterbox colour)
 
 
 class TreesDataError(RuntimeError):
@@ -124,10 +130,12 @@ def starts(length: int, tile: int, stride: int, flush: bool = True) -> list[int]
 
 
 def tile_labels(
-    boxes: list[tuple[float, float, float, float]], x0: int, y0: int, w: int, h: int
+    boxes: list[tuple[float, float, float, float]], x0: int, y0: int, w: int, h: int, side: int | None = None
 ) -> list[tuple[float, float, float, float]]:
-    """The boxes of the tile at (x0, y0) of size w x h, clipped to it, as normalised (cx, cy, bw, bh): a box is kept
-    when at least ``MIN_INSIDE`` of its area is inside and the clipped box is at least ``MIN_SIDE`` px each way."""
+    """The boxes of the tile at (x0, y0) of size w x h, clipped to it, as (cx, cy, bw, bh) normalised by the tile's
+    size, or by ``side`` for a tile padded at its right and bottom to a ``side`` x ``side`` image: a box is kept when
+    at least ``MIN_INSIDE`` of its area is inside and the clipped box is at least ``MIN_SIDE`` px each way."""
+    nw, nh = (side, side) if side else (w, h)
     out = []
     for xa, ya, xb, yb in boxes:
         area = (xb - xa) * (yb - ya)
@@ -137,13 +145,16 @@ def tile_labels(
         bw, bh = cxb - cxa, cyb - cya
         if bw < MIN_SIDE or bh < MIN_SIDE or bw * bh < MIN_INSIDE * area:
             continue
-        out.append(((cxa - x0 + bw / 2) / w, (cya - y0 + bh / 2) / h, bw / w, bh / h))
+        out.append(((cxa - x0 + bw / 2) / nw, (cya - y0 + bh / 2) / nh, bw / nw, bh / nh))
     return out
 
 
 def _settings(wheel: Path, tile: int) -> str:
     size = wheel.stat().st_size
-    return f"# source: {wheel.name} ({size} bytes), tile {tile}, train stride {tile * 3 // 4}, val no overlap"
+    return (
+        f"# source: {wheel.name} ({size} bytes), tile {tile}, train stride {tile * 3 // 4}, val no overlap, "
+        f"val remainders padded to {tile} px"
+    )
 
 
 def build(
@@ -153,9 +164,10 @@ def build(
     wheel: str | os.PathLike | None = None,
     splits: dict[str, str] | None = None,
 ) -> Path:
-    """Write the tiled set under ``out`` (reused when already built from the same wheel and tile size) and return
-    its data YAML, ``out/trees.yaml``. ``wheel`` is a zip in the same layout as the deepforest wheel (default: the
-    cached or fetched one); ``splits`` maps source stems to ``train``/``val`` (default ``SPLITS``)."""
+    """Write the tiled set under ``out`` (reused when already built from the same wheel, tile size and tiling
+    rules) and return its data YAML, ``out/trees.yaml``. ``wheel`` is a zip in the same layout as the deepforest
+    wheel (default: the cached or fetched one); ``splits`` maps source stems to ``train``/``val`` (default
+    ``SPLITS``)."""
     from PIL import Image
 
     out = Path(out).resolve()
@@ -191,9 +203,14 @@ def build(
             for y0 in starts(h, tile, strides[split], flush):
                 for x0 in starts(w, tile, strides[split], flush):
                     tw, th = min(tile, w - x0), min(tile, h - y0)
-                    labels = tile_labels(boxes, x0, y0, tw, th)
+                    pad = not flush and (tw, th) != (tile, tile)
+                    labels = tile_labels(boxes, x0, y0, tw, th, side=tile if pad else None)
                     name = f"{stem}_x{x0}_y{y0}"
-                    image.crop((x0, y0, x0 + tw, y0 + th)).save(out / "images" / split / f"{name}.png")
+                    crop = image.crop((x0, y0, x0 + tw, y0 + th))
+                    if pad:  # a validation remainder: the image at the top left of a full tile
+                        crop, part = Image.new("RGB", (tile, tile), PAD), crop
+                        crop.paste(part, (0, 0))
+                    crop.save(out / "images" / split / f"{name}.png")
                     (out / "labels" / split / f"{name}.txt").write_text(
                         "".join(f"0 {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n" for cx, cy, bw, bh in labels)
                     )

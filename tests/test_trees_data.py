@@ -86,6 +86,24 @@ def test_tiles_labels_clipping_and_split(tmp_path, wheel):
     assert _labels(out, "val", "b_x0_y0") == ["0 0.312500 0.390625 0.312500 0.468750"]  # "Dead" is a tree too
 
 
+def test_validation_remainder_is_padded_to_a_full_square_tile(tmp_path, wheel):
+    """RT-DETR's validator stretches an image to a square: a 36 x 64 remainder reaches it as a 64 x 64 tile with the
+    image at the top left and letterbox grey beside it, its boxes normalised by the full tile."""
+    from PIL import Image
+
+    out = tmp_path / "trees"
+    trees.build(out, cache=wheel.parent, tile=64, splits={"b": "train", "a": "val"})
+    val = sorted(p.stem for p in (out / "images" / "val").glob("*.png"))
+    assert val == ["a_x0_y0", "a_x64_y0"]  # no overlap: x 0..63, then the remainder x 64..99
+    full, rest = (Image.open(out / "images" / "val" / f"{n}.png") for n in val)
+    assert full.size == rest.size == (64, 64)
+    assert rest.getpixel((35, 10)) == (40, 120, 40) and rest.getpixel((36, 10)) == rest.getpixel((63, 63)) == trees.PAD
+    # (50, 10, 90, 30): 35% in the first tile (dropped there); in the remainder x 64..90 is 65% of it (kept), i.e.
+    # (0, 10, 26, 30) in the tile, normalised by the full 64 px, not by the remainder's 36
+    assert _labels(out, "val", "a_x64_y0") == ["0 0.203125 0.312500 0.406250 0.312500"]
+    assert _labels(out, "val", "a_x0_y0")[0] == "0 0.187500 0.187500 0.250000 0.250000"  # full tiles unchanged
+
+
 def test_build_reuses_a_finished_set_and_redoes_another_tile(tmp_path, wheel, capsys):
     out = tmp_path / "trees"
     splits = {"a": "train", "b": "val"}
