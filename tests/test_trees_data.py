@@ -104,6 +104,22 @@ def test_validation_remainder_is_padded_to_a_full_square_tile(tmp_path, wheel):
     assert _labels(out, "val", "a_x0_y0")[0] == "0 0.187500 0.187500 0.250000 0.250000"  # full tiles unchanged
 
 
+def test_a_set_built_before_the_padding_is_rebuilt(tmp_path, wheel, capsys):
+    """A set whose trees.yaml carries the settings line of the unpadded tiling is rebuilt, not reused."""
+    from PIL import Image
+
+    out = tmp_path / "trees"
+    splits = {"b": "train", "a": "val"}
+    data = trees.build(out, cache=wheel.parent, tile=64, splits=splits)
+    old = trees._settings(wheel, 64).split(", val remainders")[0]  # the line as sets before the padding have it
+    data.write_text(old + "\n" + data.read_text().split("\n", 1)[1])
+    Image.new("RGB", (36, 64)).save(out / "images" / "val" / "a_x64_y0.png")  # an unpadded remainder
+    capsys.readouterr()
+    trees.build(out, cache=wheel.parent, tile=64, splits=splits)
+    assert "already built" not in capsys.readouterr().out
+    assert Image.open(out / "images" / "val" / "a_x64_y0.png").size == (64, 64)
+
+
 def test_build_reuses_a_finished_set_and_redoes_another_tile(tmp_path, wheel, capsys):
     out = tmp_path / "trees"
     splits = {"a": "train", "b": "val"}
