@@ -13,7 +13,8 @@ back and removes every added name.
 What the replacements do lives in their own files: ``parser_patch`` (channels), ``yaml_rows`` (row checks, unknown
 names, per-scale and path args), ``layer_errors`` (every build error names its row), ``scales`` (scale letters),
 ``data_names`` (bare data-set names), ``norms`` (the YAML's BatchNorm settings), ``rtdetr_loss`` (the YAML's
-``criterion:``), ``rtdetr_route`` (YAMLs with a plugin RT-DETR head build as RTDETR), ``fusing`` and ``safe_load``.
+``criterion:``), ``ema`` (the YAML's ``ema:``), ``rtdetr_route`` (YAMLs with a plugin RT-DETR head build as RTDETR),
+``fusing`` and ``safe_load``.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
     from ultralytics import nn as unn
     from ultralytics.engine import model as emodel
     from ultralytics.models.yolo import model as ymodel
-    from ultralytics.utils import checks
+    from ultralytics.utils import checks, torch_utils
 
     from ..weights.loading import wrap_load_checkpoint, wrap_model_load
     from .data_names import wrap_check_file
+    from .ema import wrap_model_ema
     from .fusing import wrap_fuse, wrap_is_fused
     from .layer_errors import wrap_forward, wrap_model_init, wrap_parse_model
     from .norms import wrap_initialize_weights
@@ -103,6 +105,7 @@ def patches(tasks, safe_added: set[str]) -> list[Patch]:
         (tasks.RTDETRDetectionModel, "predict", wrap_forward(tasks.RTDETRDetectionModel.__dict__["predict"])),
         (tasks.RTDETRDetectionModel, "loss", wrap_rtdetr_loss(tasks.RTDETRDetectionModel.__dict__["loss"])),
         (ymodel.YOLO, "__init__", wrap_yolo_init(ymodel.YOLO.__dict__["__init__"])),
+        (torch_utils.ModelEMA, "__init__", wrap_model_ema(torch_utils.ModelEMA.__dict__["__init__"])),
         (tasks, "initialize_weights", wrap_initialize_weights(tasks.initialize_weights)),
         (tasks, "load_checkpoint", load_ckpt),
         (unn, "load_checkpoint", load_ckpt),

@@ -2,6 +2,7 @@
 
 * ``check_rows``: every row is ``[from, repeats, module, args]`` with a list of args, else a layer error;
 * ``check_criterion``: a ``criterion:`` key names a loss the model's head trains with (``rtdetr_loss``);
+* ``check_ema``: an ``ema:`` key is a decay, or a decay and a ramp (``ema``);
 * ``check_from``: every ``from`` reads earlier layers (or the input, for row 0), else an error listing those it can;
 * ``check_names``: unknown module names fail together, each with its layer index and the closest known names;
 * ``per_scale_args``: an argument written as ``{n: a, s: b}`` becomes the value for the model's scale;
@@ -17,6 +18,7 @@ from typing import Callable
 
 from .. import registry
 from ..errors import LayerError, LayerIndexError, UnknownModuleError
+from .ema import check as check_ema
 from .fork_yaml import SLOTS, looks_like_fork, translate
 from .rtdetr_loss import check as check_criterion
 
@@ -28,6 +30,7 @@ def prepare(d: dict, namespace: dict) -> dict:
     """
     check_rows(d)
     check_criterion(d, namespace)
+    check_ema(d)
     if not looks_like_fork(d, namespace):
         check_names(d, namespace)
         check_from(d)
