@@ -124,7 +124,8 @@ class Spec:
 DEIM_ARGS = {"mosaic": 1.0, "mixup": 0.5, "close_mosaic": LastEpochs(0.5)}
 MODELS = {
     "rtdetr-effvit": Spec(
-        "cfg/models/rtdetr-effvit.yaml", about="the project's default model, scale n, PeakDecoder, class_gain 2"
+        "cfg/models/rtdetr-effvit.yaml",
+        about="the project's default model, scale n, PeakDecoder, class_gain 2, ema [0.99, 100]",
     ),
     "rtdetr-effvit-deim": Spec(
         "cfg/models/rtdetr-effvit.yaml", DEIM_ARGS, {"criterion": "deim"}, "the default with DEIM's training"

@@ -39,6 +39,16 @@ def test_the_trainer_averages_with_the_yamls_decay_and_ramp(tmp_path, tiny_data,
         assert ema.decay(updates) == pytest.approx(_ramp(0.9, 10, updates), rel=1e-12)
 
 
+def test_the_default_model_trains_with_its_own_setting(tmp_path):
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    decay, tau = yaml.safe_load(DEFAULT.read_text())["ema"]
+    ema = ModelEMA(RTDETRDetectionModel(str(DEFAULT), nc=3, verbose=False))
+    assert ema.decay(100) == pytest.approx(_ramp(decay, tau, 100), rel=1e-12)
+    assert ema.decay(100) != pytest.approx(_ramp(0.9999, 2000, 100))
+
+
 def test_stock_models_and_explicit_callers_keep_the_hosts_average(tmp_path):
     from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
     from ultralytics.utils.torch_utils import ModelEMA
