@@ -155,12 +155,13 @@ def test_first_use_traps_cover_every_row_the_activation_patches():
     """A row added to the hook's table must start activation too, or be the same function imported by name."""
     from ultralytics.models.yolo import model as ymodel
     from ultralytics.nn import tasks
-    from ultralytics.utils import checks
+    from ultralytics.utils import checks, torch_utils
 
     from yolo_plugins.host import first_use, hook
 
     trapped = {(tasks if owner is None else getattr(tasks, owner), attr) for owner, attr in first_use.TASKS_TRAPS}
     trapped |= {(getattr(ymodel, owner), attr) for owner, attr in first_use.YOLO_TRAPS}
+    trapped |= {(getattr(torch_utils, owner), attr) for owner, attr in first_use.EMA_TRAPS}
     trapped.add((checks, "check_file"))
     module_functions = {attr for owner, attr in trapped if not isinstance(owner, type)}
     rows = hook._state["patches"]

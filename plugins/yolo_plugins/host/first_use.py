@@ -6,7 +6,8 @@ would import it, and the plugin's blocks and parser, for every process that mere
 one (``parse_model``, ``yaml_model_load``, ``DetectionModel.__init__``), loading one (``load_checkpoint``,
 ``BaseModel.load``, ``_SafeLoad.loading``), running or fusing one, or resolving a bare file name (``check_file``).
 The trampolines on ``ultralytics.nn.tasks`` are set when that module is first imported, the one on ``YOLO.__init__``
-(``rtdetr_route``) when ``ultralytics.models.yolo.model`` is. The first call of any of
+(``rtdetr_route``) when ``ultralytics.models.yolo.model`` is, the one on ``ModelEMA.__init__`` (a trainer's weight
+average, ``ema``) when ``ultralytics.utils.torch_utils`` is. The first call of any of
 them takes every trampoline out again (also from modules that imported one by name) and runs the full
 ``hook.activate()``, then makes the call it stood for, now with the plugin active; an explicit ``activate()`` or
 ``deactivate()`` takes them out first too. A host the plugin cannot hook is refused at that first use, with the same
@@ -41,7 +42,9 @@ TASKS_TRAPS = (
 )
 YOLO_MODEL = "ultralytics.models.yolo.model"
 YOLO_TRAPS = (("YOLO", "__init__"),)  # YOLO("x.yaml") routes a plugin RT-DETR head before any model code runs
-MODULE_TRAPS = {TASKS: TASKS_TRAPS, YOLO_MODEL: YOLO_TRAPS}
+TORCH_UTILS = "ultralytics.utils.torch_utils"
+EMA_TRAPS = (("ModelEMA", "__init__"),)  # a trainer's weight average (the YAML's ``ema:``)
+MODULE_TRAPS = {TASKS: TASKS_TRAPS, YOLO_MODEL: YOLO_TRAPS, TORCH_UTILS: EMA_TRAPS}
 
 _lock = threading.RLock()
 _traps: list[tuple[Any, str, Any]] = []  # (owner, attribute, the host's raw value) for every trampoline set
