@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 from test_dfine_models import TINY_TRAIN
+from test_training_loss import build_with_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "cfg" / "models" / "rtdetr-effvit.yaml"
 
 
-def _yaml_with(tmp_path: Path, value, source: Path = DEFAULT) -> Path:
-    d = yaml.safe_load(source.read_text())
-    d.pop("ema", None)
-    if value is not None:
-        d["ema"] = value
+def _yaml_with(tmp_path: Path, value) -> Path:
+    """The default YAML with ``ema: value``, written to a file (a path to train from)."""
+    d = yaml.safe_load(DEFAULT.read_text())
+    d["ema"] = value
     path = tmp_path / "rtdetr-effvit-ema.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path
@@ -73,7 +73,5 @@ def test_stock_models_and_explicit_callers_keep_the_hosts_average(tmp_path):
     ],
 )
 def test_a_bad_ema_fails_when_the_model_is_built(tmp_path, value, message):
-    from ultralytics.nn.tasks import RTDETRDetectionModel
-
     with pytest.raises(ValueError, match=f"model YAML: ema must be .*{message}"):
-        RTDETRDetectionModel(str(_yaml_with(tmp_path, value)), nc=3, verbose=False)
+        build_with_key(tmp_path, "rtdetr-effvit.yaml", "ema", value)
