@@ -40,8 +40,8 @@ SPEED = ROOT / "docs" / "benchmarks" / "speed" / "small-detrs" / "speed.csv"
 OLDER_SPEED = ROOT / "docs" / "benchmarks" / "speed" / "speed.md"  # every zoo n model, against yolov10n
 # the learning benchmark's runs of the default model beside the stock references, one file per data set
 LEARNING = (
-    ROOT / "docs" / "benchmarks" / "learning" / "trees-padded-default-vs-yolo-3seeds.md",
-    ROOT / "docs" / "benchmarks" / "learning" / "shapes-default-vs-yolo-25min.md",
+    ROOT / "docs" / "benchmarks" / "learning" / "trees-ema-default-vs-yolo-3seeds.md",
+    ROOT / "docs" / "benchmarks" / "learning" / "shapes-ema-default-vs-yolo-25min.md",
 )
 BASELINE = "yolo26n"
 STOCK = ("yolo26n", "yolov10n")  # the stock CPU references of the models table
