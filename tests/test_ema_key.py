@@ -9,19 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from test_dfine_models import TINY_TRAIN
-from test_training_loss import build_with_key
+from test_training_loss import build_with_key, write_with_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "cfg" / "models" / "rtdetr-effvit.yaml"
-
-
-def _yaml_with(tmp_path: Path, value) -> Path:
-    """The default YAML with ``ema: value``, written to a file (a path to train from)."""
-    d = yaml.safe_load(DEFAULT.read_text())
-    d["ema"] = value
-    path = tmp_path / "rtdetr-effvit-ema.yaml"
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    return path
 
 
 def _ramp(decay: float, tau: float, updates: int) -> float:
@@ -31,7 +22,7 @@ def _ramp(decay: float, tau: float, updates: int) -> float:
 def test_the_trainer_averages_with_the_yamls_decay_and_ramp(tmp_path, tiny_data, one_thread):
     from ultralytics import RTDETR
 
-    model = RTDETR(str(_yaml_with(tmp_path, [0.9, 10])))
+    model = RTDETR(str(write_with_key(tmp_path, "rtdetr-effvit.yaml", "ema", [0.9, 10])))
     model.train(data=tiny_data, project=str(tmp_path), name="t", val=False, **TINY_TRAIN)
     ema = model.trainer.ema
     assert ema.updates >= 1
@@ -55,10 +46,14 @@ def test_stock_models_and_explicit_callers_keep_the_hosts_average(tmp_path):
 
     stock = ModelEMA(DetectionModel("yolov10n.yaml", verbose=False))
     assert stock.decay(500) == pytest.approx(_ramp(0.9999, 2000, 500), rel=1e-12)
-    keyed = RTDETRDetectionModel(str(_yaml_with(tmp_path, [0.9, 10])), nc=3, verbose=False)
+    keyed = RTDETRDetectionModel(
+        str(write_with_key(tmp_path, "rtdetr-effvit.yaml", "ema", [0.9, 10])), nc=3, verbose=False
+    )
     assert ModelEMA(keyed, decay=0.5).decay(500) == pytest.approx(_ramp(0.5, 2000, 500), rel=1e-12)
     assert ModelEMA(keyed, tau=100).decay(500) == pytest.approx(_ramp(0.9999, 100, 500), rel=1e-12)
-    only_decay = RTDETRDetectionModel(str(_yaml_with(tmp_path, 0.99)), nc=3, verbose=False)
+    only_decay = RTDETRDetectionModel(
+        str(write_with_key(tmp_path, "rtdetr-effvit.yaml", "ema", 0.99)), nc=3, verbose=False
+    )
     assert ModelEMA(only_decay).decay(500) == pytest.approx(_ramp(0.99, 2000, 500), rel=1e-12)
 
 

@@ -246,15 +246,20 @@ def test_a_criterion_the_head_cannot_use_fails_when_the_model_is_built(tmp_path,
         build_with_key(tmp_path, yaml_name, "criterion", key.split(": ")[1])
 
 
-def build_with_key(tmp_path: Path, yaml_name: str, key: str, value: object):
-    """The zoo YAML ``yaml_name`` with the top-level ``key: value`` set, built as a model."""
-    from ultralytics.nn.tasks import DetectionModel
-
+def write_with_key(tmp_path: Path, yaml_name: str, key: str, value: object) -> Path:
+    """The zoo YAML ``yaml_name`` with the top-level ``key: value`` set, written under ``tmp_path``."""
     d = yaml.safe_load((ROOT / "cfg" / "models" / yaml_name).read_text())
     d[key] = value
     path = tmp_path / yaml_name
     path.write_text(yaml.safe_dump(d))
-    return DetectionModel(str(path), verbose=False)
+    return path
+
+
+def build_with_key(tmp_path: Path, yaml_name: str, key: str, value: object):
+    """The zoo YAML ``yaml_name`` with the top-level ``key: value`` set, built as a model."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel(str(write_with_key(tmp_path, yaml_name, key, value)), verbose=False)
 
 
 def assert_train_logs(tiny_data: str, tmp_path: Path, yaml_text: str, names: tuple[str, ...]) -> None:
