@@ -17,6 +17,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from .yaml_numbers import is_number
+
 EXAMPLE = "ema: [0.99, 100]"
 
 
@@ -24,11 +26,8 @@ def ema_setting(value: Any) -> tuple[float, float | None]:
     """``ema:`` as ``(decay, tau)`` (tau None: the host's); ValueError naming the key and its form otherwise."""
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     decay, tau = (items + [None])[:2]
-
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if not (1 <= len(items) <= 2 and number(decay) and 0 <= decay < 1 and (tau is None or number(tau) and tau > 0)):
+    ok = 1 <= len(items) <= 2 and is_number(decay) and 0 <= decay < 1
+    if not (ok and (tau is None or is_number(tau) and tau > 0)):
         raise ValueError(
             f"model YAML: ema must be a decay in [0, 1) or [decay, tau] with tau > 0 updates (e.g. {EXAMPLE}), "
             f"got {value!r}"
@@ -45,14 +44,13 @@ def check(d: dict) -> None:
 def wrap_model_ema(original: Callable) -> Callable:
     """``ModelEMA.__init__`` that takes decay and tau from the model's YAML ``ema:`` when the caller leaves them at
     the host's defaults (as the trainer does)."""
+    from ultralytics.utils.torch_utils import unwrap_model  # under DDP or torch.compile, the model inside
+
     defaults = {k: p.default for k, p in inspect.signature(original).parameters.items() if k in ("decay", "tau")}
 
     @functools.wraps(original)
     def __init__(self, model: Any, *args: Any, **kwargs: Any) -> None:
-        inner = model
-        for attr in ("module", "_orig_mod"):  # DDP, torch.compile
-            inner = getattr(inner, attr, inner)
-        value = (getattr(inner, "yaml", None) or {}).get("ema")
+        value = (getattr(unwrap_model(model), "yaml", None) or {}).get("ema")
         if value is not None and not args and all(kwargs.get(k, v) == v for k, v in defaults.items()):
             decay, tau = ema_setting(value)
             kwargs["decay"] = decay

@@ -15,6 +15,8 @@ from typing import Callable
 
 from torch import nn
 
+from .yaml_numbers import is_number
+
 KEYS = ("bn_eps", "bn_momentum")
 
 
@@ -25,7 +27,7 @@ def bn_settings(d: dict) -> dict[str, float]:
         if d.get(key) is None:
             continue
         value = d[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+        ok = is_number(value) and 0 < value < 1
         if not ok:
             raise ValueError(f"model YAML: {key} must be a number between 0 and 1 (e.g. 1.0e-5), got {value!r}")
         out[key[3:]] = float(value)

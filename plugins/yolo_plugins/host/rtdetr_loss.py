@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import torch
 
+from .yaml_numbers import is_count, is_number
+
 CRITERIA = ("rtdetr", "deim", "dfine")
 O2M_TOPK = 2
 HYBRID_REPEATS = 6  # H-DETR's
@@ -70,11 +72,7 @@ def head_criteria(head_cls: type) -> tuple[str, ...] | None:
 
 
 def _gain(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_number(value) and value >= 0
 
 
 def class_gain_setting(value: Any) -> float:
@@ -96,7 +94,7 @@ def class_gained(criterion: Any, model: Any) -> Any:
 def o2m_setting(value: Any) -> tuple[float, int]:
     """``o2m:`` as (gain, topk): a number >= 0 (topk 2) or ``[gain, topk]``; ValueError naming the key otherwise."""
     gain, topk = (value, O2M_TOPK) if not isinstance(value, (list, tuple)) else (tuple(value) + (None,))[:2]
-    if not (_gain(gain) and _count(topk)) or (isinstance(value, (list, tuple)) and len(value) != 2):
+    if not (_gain(gain) and is_count(topk)) or (isinstance(value, (list, tuple)) and len(value) != 2):
         raise ValueError(
             f"model YAML: o2m must be a gain >= 0 (e.g. o2m: 1.0) or [gain, topk] with topk >= 1, got {value!r}"
         )
@@ -108,7 +106,7 @@ def hybrid_setting(value: Any) -> tuple[float, int, int | None]:
     or ``[gain, repeats, queries]``; ValueError naming the key otherwise."""
     items = list(value) if isinstance(value, (list, tuple)) else [value, HYBRID_REPEATS]
     gain, repeats, queries = (items + [None, None])[:3]
-    if not (2 <= len(items) <= 3 and _gain(gain) and _count(repeats) and (queries is None or _count(queries))):
+    if not (2 <= len(items) <= 3 and _gain(gain) and is_count(repeats) and (queries is None or is_count(queries))):
         raise ValueError(
             "model YAML: hybrid must be a gain >= 0 (e.g. hybrid: 1.0), [gain, repeats] or [gain, repeats, queries] "
             f"with whole numbers >= 1, got {value!r}"
