@@ -93,8 +93,8 @@ class LastEpochs:
 @dataclass(frozen=True)
 class Spec:
     """One model of the benchmark: its YAML (a repo path or a stock name), the ``yolo train`` arguments it adds to the
-    recipe, the top-level keys it adds to its YAML and the module its last row (the head) takes instead of the YAML's
-    (a variant file is then written beside the runs for either)."""
+    recipe, the top-level keys it sets in its YAML (None: the YAML's key removed) and the module its last row (the
+    head) takes instead of the YAML's (a variant file is then written beside the runs for either)."""
 
     yaml: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +110,7 @@ class Spec:
     def describe(self) -> str:
         """The spec in one line, e.g. ``cfg/models/a.yaml + criterion: deim; mosaic=1.0 ...``."""
         text = self.yaml + (f" with head {self.head}" if self.head else "")
-        text += "".join(f" + {k}: {v}" for k, v in self.keys.items())
+        text += "".join(f" + {k}: {v}" if v is not None else f" without {k}:" for k, v in self.keys.items())
         if self.args:
             text += "; " + " ".join(f"{k}={v}" for k, v in self.args.items())
         return text + (f" ({self.about})" if self.about else "")
@@ -156,6 +156,10 @@ MODELS["rtdetr-effvit-dense"] = Spec(
 # the default before PeakDecoder: the same model and training, RT-DETR's own top-k query selection at inference
 MODELS["rtdetr-effvit-topk"] = Spec(
     "cfg/models/rtdetr-effvit.yaml", about="the default with RT-DETR's top-k query selection", head="RTDETRDecoder"
+)
+# the default without its weight average setting: Ultralytics' own (docs/benchmarks/learning/trees-ema-screen.md)
+MODELS["rtdetr-effvit-no-ema"] = Spec(
+    "cfg/models/rtdetr-effvit.yaml", {}, {"ema": None}, "the default with the trainer's own weight average"
 )
 MODELS["rtdetr-effvit-hybrid"] = Spec(
     "cfg/models/rtdetr-effvit.yaml", {}, {"hybrid": 1.0}, "the default with a one-to-many query group in training"
@@ -292,10 +296,10 @@ ROW = re.compile(r"^(\s*-\s*\[\s*(?:-?\d+|\[[^\]]*\])\s*,\s*\d+\s*,\s*)([A-Za-z_
 
 
 def write_variant(model: str, project: Path) -> Path | None:
-    """Write the variant YAML of a model with keys or a head: its YAML's text with the last row's module renamed and
-    the keys appended. The file is named after the model (e.g. ``rtdetr-effvit-deim.yaml``): not a
-    ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale and the YAML's ``default_scale`` (n for the default
-    model) applies, as for the original."""
+    """Write the variant YAML of a model with keys or a head: its YAML's text with the last row's module renamed, and
+    the spec's keys appended in place of the YAML's own (a key set to None is only removed). The file is named after
+    the model (e.g. ``rtdetr-effvit-deim.yaml``): not a ``yolo<v><n><letter>`` name, so Ultralytics guesses no scale
+    and the YAML's ``default_scale`` (n for the default model) applies, as for the original."""
     spec = MODELS[model]
     if not spec.variant:
         return None
@@ -307,16 +311,29 @@ def write_variant(model: str, project: Path) -> Path | None:
         last = rows[-1]
         text = text[: last.start(2)] + spec.head + text[last.end(2) :]
     for key in spec.keys:
-        if re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE):
-            raise SystemExit(f"{spec.yaml} already has a top-level {key}: key; {model} would not change it")
+        text = without_key(text, key, f"{spec.yaml} ({model})")
     path = Path(model_file(model, project))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         text.rstrip("\n")
         + f"\n\n# benchmarks/learning.py: {model} is {spec.describe()}\n"
-        + "".join(f"{k}: {v}\n" for k, v in spec.keys.items())
+        + "".join(f"{k}: {v}\n" for k, v in spec.keys.items() if v is not None)
     )
     return path
+
+
+def without_key(text: str, key: str, where: str) -> str:
+    """A model YAML's text without its top-level ``key:`` line (unchanged without the key). The key's value must be
+    on that line (``ema: [0.99, 100] # ...``, as every top-level key of the project's YAMLs is); a block value on the
+    lines below stops the run instead of leaving half of it behind."""
+    found = re.search(rf"^{re.escape(key)}\s*:(.*)\n?", text, re.MULTILINE)
+    if not found:
+        return text
+    value = found.group(1).split("#", 1)[0].strip()
+    below = text[found.end() :].split("\n", 1)[0]
+    if not value or below[:1] in (" ", "\t", "-"):
+        raise SystemExit(f"{where}: its top-level {key}: spans several lines; write the variant YAML by hand")
+    return text[: found.start()] + text[found.end() :]
 
 
 def train_args(model: str, overrides: dict[str, str]) -> dict[str, Any]:

@@ -164,6 +164,35 @@ def test_head_variant_renames_only_the_last_rows_module(tmp_path, monkeypatch):
         learning.write_variant("rowless", tmp_path)
 
 
+def test_variant_keys_replace_or_remove_the_yamls_own(tmp_path, monkeypatch):
+    from ultralytics.nn.tasks import yaml_model_load
+
+    original = yaml_model_load(learning.ROOT / "cfg/models/rtdetr-effvit.yaml")
+    assert original["ema"] == [0.99, 100] and original["class_gain"] == 2.0
+    dropped = yaml_model_load(learning.write_variant("rtdetr-effvit-no-ema", tmp_path))
+    assert "ema" not in dropped
+    assert {k: v for k, v in dropped.items() if k != "yaml_file"} == {
+        k: v for k, v in original.items() if k not in ("ema", "yaml_file")
+    }
+    spec = learning.Spec("cfg/models/rtdetr-effvit.yaml", keys={"class_gain": 1.0, "ema": None})
+    monkeypatch.setitem(learning.MODELS, "gain1", spec)
+    path = learning.write_variant("gain1", tmp_path)
+    assert path.read_text().count("\nclass_gain:") == 1  # replaced, not written twice
+    variant = yaml_model_load(path)
+    assert variant["class_gain"] == 1.0 and "ema" not in variant and variant["scale"] == "n"
+    assert spec.describe() == "cfg/models/rtdetr-effvit.yaml + class_gain: 1.0 without ema:"
+
+
+def test_a_key_written_over_several_lines_stops_the_variant(tmp_path, monkeypatch):
+    monkeypatch.setitem(learning.MODELS, "blocky", learning.Spec("cfg/models/m.yaml", keys={"ema": None}))
+    monkeypatch.setattr(learning, "ROOT", tmp_path)
+    (tmp_path / "cfg/models").mkdir(parents=True)
+    (tmp_path / "cfg/models/m.yaml").write_text("nc: 1\nema:\n  - 0.99\n  - 100\nbackbone: []\nhead: []\n")
+    with pytest.raises(SystemExit, match=r"cfg/models/m.yaml \(blocky\): its top-level ema: spans several lines"):
+        learning.write_variant("blocky", tmp_path)
+    assert not (tmp_path / "blocky.yaml").exists()
+
+
 def test_a_missing_model_yaml_stops_before_training(monkeypatch):
     monkeypatch.setitem(learning.MODELS, "later", learning.Spec("cfg/models/not-written-yet.yaml"))
     with pytest.raises(SystemExit, match=r"later needs .*cfg/models/not-written-yet.yaml\nleave it out with models=y"):
