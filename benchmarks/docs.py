@@ -38,11 +38,17 @@ CFG = ROOT / "cfg" / "models"
 ZOO = ROOT / "docs" / "benchmarks" / "zoo-table.md"
 SPEED = ROOT / "docs" / "benchmarks" / "speed" / "small-detrs" / "speed.csv"
 OLDER_SPEED = ROOT / "docs" / "benchmarks" / "speed" / "speed.md"  # every zoo n model, against yolov10n
-# the learning benchmark's runs of the default model beside the stock references, one file per data set
+# the learning benchmark's runs of the default model beside the stock references, per data set and recipe
 LEARNING = (
     ROOT / "docs" / "benchmarks" / "learning" / "trees-ema-default-vs-yolo-3seeds.md",
+    # the same models with Ultralytics' default mosaic (mosaic=1.0, off for the last 10 epochs), in two runs
+    ROOT / "docs" / "benchmarks" / "learning" / "trees-mosaic-default-vs-yolov10n-3seeds.md",
+    ROOT / "docs" / "benchmarks" / "learning" / "trees-mosaic-yolo26n-3seeds.md",
     ROOT / "docs" / "benchmarks" / "learning" / "shapes-ema-default-vs-yolo-25min.md",
 )
+# learning.py's own arguments (its ``Options``); any other key=value of its command is a ``yolo train`` argument over
+# the recipe, shown beside the data set's name (``time=`` is shown as the minutes)
+BENCHMARK_KEYS = ("data", "models", "seeds", "out", "runs", "jobs", "limit", "minutes", "plot_only", "tables_only")
 BASELINE = "yolo26n"
 STOCK = ("yolo26n", "yolov10n")  # the stock CPU references of the models table
 RUNTIMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -287,32 +293,43 @@ def seeds(command: str) -> int:
     return len(m.group(1).split(",")) if m else 3
 
 
+def recipe_changes(command: str) -> str:
+    """The ``yolo train`` arguments a ``learning.py`` command sets over its recipe, e.g. ``imgsz=320 mosaic=1.0``
+    (``time=`` left out: the block gives the minutes)."""
+    pairs = re.findall(r"(?<!\S)(\w+)=(\S+)", command)
+    return " ".join(f"{k}={v}" for k, v in pairs if k not in BENCHMARK_KEYS and k != "time")
+
+
 def learning_block() -> str:
     """How fast the default model learns against the stock references: peak and end-of-training val mAP50 over the
     seeds, per data set, from the learning benchmark's files."""
     lines = [
-        "| data set | model | peak val mAP50 | end-of-training val mAP50 | minutes to 0.5 val mAP50 | epochs |",
+        "| data set (train arguments over the recipe) | model | peak val mAP50 | end-of-training val mAP50 "
+        "| minutes to 0.5 val mAP50 | epochs |",
         "|---|---|---:|---:|---:|---:|",
     ]
     notes = []
     for path in LEARNING:
         header, rows = learning_rows(path)
-        data = path.stem.split("-")[0]
-        for r in rows:
-            lines.append(f"| `{data}` | `{r['model']}` | {r['peak']} | {r['end']} | {r['to 0.5']} | {r['epochs']} |")
-        md = rel(path)
         command = header.get("command", "command not recorded")
+        changes = recipe_changes(command)
+        data = f"`{path.stem.split('-')[0]}`" + (f" ({changes})" if changes else "")
+        for r in rows:
+            lines.append(f"| {data} | `{r['model']}` | {r['peak']} | {r['end']} | {r['to 0.5']} | {r['epochs']} |")
+        md = rel(path)
         # time= trains every run for those minutes; limit= alone only stops a run that is still training then
         hours, limit = re.search(r"\btime=([\d.]+)", command), re.search(r"\blimit=([\d.]+)", command)
         minutes = f"{round(float(hours.group(1)) * 60)}" if hours else f"up to {limit.group(1)}" if limit else "?"
         notes.append(
-            f"- `{data}`: {len(rows)} models x {seeds(command)} seeds, {minutes} minutes each; {header['cpu']}, "
+            f"- {data}: {len(rows)} model{'s' * (len(rows) != 1)} x {seeds(command)} seeds, {minutes} minutes each; "
+            f"{header['cpu']}, "
             f"{header['started']} to {header['finished']} UTC, load (1 min / CPUs) {header['load']}; `{command}` "
             f"([{md}]({md}))"
         )
     head = [
         "Val mAP50, mean (min-max) over the seeds; every model trained from scratch with the same recipe for the same "
-        "CPU minutes, two runs side by side (one thread each):",
+        "CPU minutes, two runs side by side (one thread each). The recipe is `benchmarks/learning.py`'s (batches of 4, "
+        "AdamW 1e-3, one warm-up epoch, no mosaic); the first column names the train arguments a run set over it:",
         "",
     ]
     return "\n".join([*head, *lines, "", *notes])

@@ -188,6 +188,26 @@ def test_learning_block_is_the_benchmark_files_summary(tmp_path, monkeypatch):
     assert "2 models x 2 seeds, up to 25 minutes each; Some CPU" in docs.learning_block()
 
 
+def test_learning_block_names_the_train_arguments_a_run_set_over_the_recipe(tmp_path, monkeypatch):
+    """Two runs of one data set with other train arguments (here mosaic on) are told apart in the block; the
+    benchmark's own arguments and ``time=`` (given as minutes) are not train arguments."""
+    path = tmp_path / "trees-mosaic-2seeds.md"
+    command = "data=trees models=a,b seeds=0,1 jobs=2 time=0.1667"
+    path.write_text(LEARNING_FILE.replace(command, f"{command} imgsz=320 mosaic=1.0 runs=/x out=/y.md"), "utf-8")
+    monkeypatch.setattr(docs, "LEARNING", (path,))
+    monkeypatch.setattr(docs, "rel", lambda p: p.name)
+    block = docs.learning_block()
+    assert "| `trees` (imgsz=320 mosaic=1.0) | `a` | 0.321 (0.300-0.342) |" in block
+    assert "- `trees` (imgsz=320 mosaic=1.0): 2 models x 2 seeds, 10 minutes each" in block
+
+
+def test_the_benchmarks_own_arguments_are_learning_pys():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import learning
+
+    assert set(docs.BENCHMARK_KEYS) == set(learning.Options._fields) - {"overrides"}
+
+
 def test_learning_block_refuses_a_file_that_is_not_a_results_file(tmp_path, monkeypatch):
     path = tmp_path / "trees-3seeds.md"
     path.write_text(LEARNING_FILE.split("| model |")[0], encoding="utf-8")  # the header without its table
